@@ -1,0 +1,72 @@
+"""The faust application: configuration and the worker entry point.
+
+The pipeline's agents are wired onto the app by :func:`streams.pipeline.build`; this
+module only knows how to configure faust safely and run one worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import NoReturn
+
+import faust
+
+from streams.admin import ensure_topics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A faust app configured for citystreams; it has no agents yet."""
+    settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.broker}",
+        # Tables live in memory and are rebuilt from their changelog topics.
+        store="memory://",
+        datadir=str(settings.worker_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        # Our agents decode bytes themselves (orjson, dead-lettering what fails):
+        # faust's codecs would commit a bad message's offset and raise into the agent.
+        key_serializer="raw",
+        value_serializer="raw",
+        # faust's web server binds 0.0.0.0 and serves table contents: we serve
+        # /metrics ourselves on the configured (loopback) address instead.
+        web_enabled=False,
+        web_bind=settings.bind,
+        web_host=settings.bind,
+        # A crashed worker's partitions move after 10 s, not faust's default 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_compression_type=None,
+        producer_linger=0.005,
+    )
+
+
+def run_worker(
+    settings: Settings,
+    build: Callable[[faust.App, Settings], None],
+    loglevel: str | None = None,
+) -> NoReturn:
+    """Create the topics, build the app and run one worker until it is stopped."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # Source topics must exist before the consumer joins the group: faust ignores a
+    # missing topic at assignment and does not notice it later.
+    loop.run_until_complete(ensure_topics(settings))
+    app = create_app(settings)
+    build(app, settings)
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=(loglevel or settings.log_level).upper(),
+        quiet=True,
+        override_logging=False,
+    )
+    worker.execute_from_commandline()  # ends the process with SystemExit

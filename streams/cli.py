@@ -1,0 +1,146 @@
+"""`citystreams`: the command line.
+
+Each subcommand is a small function taking the parsed arguments and the settings;
+errors a user can fix are printed as one line (no traceback) and exit with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from streams import __version__
+from streams.admin import AdminError, ensure_topics
+from streams.localkafka import KafkaError, LocalKafka
+from streams.settings import Settings, SettingsError, settings_table
+
+log = logging.getLogger("citystreams")
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _kafka(args: argparse.Namespace, settings: Settings) -> int:
+    kafka = LocalKafka(settings, port=args.port)
+    if args.action == "fetch":
+        print(kafka.fetch())
+        return 0
+    if args.action == "start":
+        if not kafka.is_fetched():
+            print(
+                "Fetching Apache Kafka from Maven Central (once; later starts are offline)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        status = kafka.start()
+        print(status.bootstrap)
+        return 0
+    if args.action == "stop":
+        stopped = kafka.stop()
+        print("stopped" if stopped else "not running")
+        return 0
+    status = kafka.status()
+    if status.running:
+        print(f"up (pid {status.pid}) {status.bootstrap}")
+        return 0
+    print(f"down {status.bootstrap}")
+    return 3  # like `systemctl status`: scripts can test for "not running"
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    created = asyncio.run(ensure_topics(settings))
+    print(f"created {len(created)} topic(s)" + (": " + ", ".join(created) if created else ""))
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+    from streams.pipeline import build
+
+    return run_worker(settings, build)
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything on one machine: the local Kafka, the topics, a worker."""
+    from streams.app import run_worker
+    from streams.pipeline import build
+
+    kafka = LocalKafka(settings)
+    if not kafka.is_fetched():
+        print("Fetching Apache Kafka from Maven Central (once)...", file=sys.stderr, flush=True)
+    print(f"Kafka: {kafka.start().bootstrap}", file=sys.stderr, flush=True)
+    try:
+        return run_worker(settings, build)
+    finally:
+        if not args.keep_kafka:
+            kafka.stop()
+
+
+def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        print(settings_table())
+        return 0
+    for name, value in sorted(vars_of(settings).items()):
+        print(f"{name} = {value}")
+    return 0
+
+
+def vars_of(settings: Settings) -> dict[str, object]:
+    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citystreams",
+        description="Real-time IoT streaming pipeline for a smart city.",
+    )
+    parser.add_argument("--version", action="version", version=f"citystreams {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = sub.add_parser("kafka", help="run the project's local Apache Kafka (KRaft)")
+    kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    kafka.add_argument(
+        "--port", type=int, default=None, help="listener port (default: CITYSTREAMS_BROKER's)"
+    )
+    kafka.set_defaults(func=_kafka)
+
+    topics = sub.add_parser("topics", help="manage the contract's topics")
+    topics.add_argument("action", choices=["create"])
+    topics.set_defaults(func=_topics)
+
+    worker = sub.add_parser("worker", help="run one pipeline worker")
+    worker.set_defaults(func=_worker)
+
+    up = sub.add_parser("up", help="start Kafka, create the topics and run a worker")
+    up.add_argument(
+        "--keep-kafka", action="store_true", help="leave Kafka running when the worker stops"
+    )
+    up.set_defaults(func=_up)
+
+    settings = sub.add_parser("settings", help="show the effective settings")
+    settings.add_argument("--markdown", action="store_true", help="print the README's table")
+    settings.set_defaults(func=_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"citystreams: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Command = args.func
+    try:
+        return func(args, settings)
+    except (KafkaError, AdminError, SettingsError) as exc:
+        print(f"citystreams: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

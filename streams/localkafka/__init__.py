@@ -1,0 +1,399 @@
+"""A real single-node Apache Kafka 4.x (KRaft, combined broker and controller) on loopback.
+
+The jars come from Maven Central through the pinned ``pom.xml`` beside this module,
+fetched once by Maven into the cache and reused offline afterwards. The broker's data
+lives in the state directory, so topics and committed offsets survive a restart.
+
+Errors a user can fix (no JDK, no Maven, a failed fetch, a port in use) are raised as
+:class:`KafkaError` with one sentence saying what to do; the CLI prints it and exits 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POM = "pom.xml"
+KAFKA_VERSION = re.search(  # the pom is the single place that pins the version
+    r"<kafka\.version>([^<]+)</kafka\.version>",
+    resources.files(__package__).joinpath(POM).read_text(encoding="utf-8"),
+).group(1)  # type: ignore[union-attr]
+MIN_JAVA = 17
+_READY_MARKER = ".complete"
+
+
+class KafkaError(RuntimeError):
+    """A problem the user can act on; ``str()`` is one actionable sentence."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+
+
+class LocalKafka:
+    """Start, stop and inspect the project's own broker.
+
+    ``port`` defaults to the port of ``settings.broker`` so that, with no variable set,
+    the broker and the workers agree.
+    """
+
+    def __init__(self, settings: Settings, port: int | None = None) -> None:
+        self.settings = settings
+        self.port = port if port is not None else settings.broker_port
+        self.controller_port = settings.kafka_controller_port or self.port + 1
+        self.home = settings.kafka_dir
+        self.lib = settings.kafka_cache / KAFKA_VERSION / "lib"
+
+    # --- paths ----------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "kafka.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "kafka.log"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    # --- fetch ------------------------------------------------------------------------
+    def java(self) -> str:
+        """The java executable, checked to be 17 or newer."""
+        java = shutil.which(self.settings.java)
+        if java is None:
+            raise KafkaError(
+                f"Kafka needs Java {MIN_JAVA}+ but `{self.settings.java}` is not on PATH: "
+                "install a JDK (e.g. `apt-get install openjdk-17-jre-headless`) or set "
+                "CITYSTREAMS_JAVA to the java executable."
+            )
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+        match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+        if match is None:
+            raise KafkaError(f"Could not read the Java version from `{java} -version`: {out!r}.")
+        major = int(match.group(1))
+        if major == 1 and match.group(2):  # "1.8" style
+            major = int(match.group(2))
+        if major < MIN_JAVA:
+            raise KafkaError(
+                f"Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+ but `{java}` is Java {major}: "
+                "install a newer JDK or point CITYSTREAMS_JAVA at one."
+            )
+        return java
+
+    def is_fetched(self) -> bool:
+        return (self.lib / _READY_MARKER).exists()
+
+    def fetch(self) -> Path:
+        """Resolve the pinned jars into the cache once; later calls do nothing."""
+        if self.is_fetched():
+            return self.lib
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaError(
+                "Fetching Kafka's jars needs Maven but `mvn` is not on PATH: install it "
+                "(e.g. `apt-get install maven`) and run `citystreams kafka fetch` again."
+            )
+        tmp = self.lib.with_name("lib.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        log.info("fetching Apache Kafka %s from Maven Central into %s", KAFKA_VERSION, self.lib)
+        with resources.as_file(resources.files(__package__).joinpath(POM)) as pom:
+            proc = subprocess.run(
+                [
+                    mvn,
+                    "-B",
+                    "-q",
+                    "-f",
+                    str(pom),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={tmp}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise KafkaError(
+                f"Fetching Kafka {KAFKA_VERSION} from Maven Central failed (mvn exit "
+                f"{proc.returncode}): check network access to Maven Central and run "
+                f"`citystreams kafka fetch` again. Maven said: {' | '.join(tail)}"
+            )
+        (tmp / _READY_MARKER).write_text(KAFKA_VERSION + "\n")
+        shutil.rmtree(self.lib, ignore_errors=True)
+        tmp.rename(self.lib)
+        return self.lib
+
+    # --- configuration -------------------------------------------------------------
+    def _write_config(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # One node: every internal topic has one replica.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "6",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "num.partitions": str(self.settings.partitions),
+            # Tests and the demo start consumers right away; the 3 s default only delays them.
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "log.retention.hours": "168",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+            # A worker is allowed to crash: its session ends after at most this long.
+            "group.min.session.timeout.ms": "1000",
+            "message.max.bytes": str(1024 * 1024 + 1024),
+        }
+        self.properties_file.write_text(
+            "".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8"
+        )
+        (self.home / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
+
+    def _classpath(self) -> str:
+        return str(self.lib / "*")
+
+    def _jvm(self, java: str) -> list[str]:
+        return [
+            java,
+            f"-Xmx{self.settings.kafka_heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            "-cp",
+            self._classpath(),
+        ]
+
+    def _format(self, java: str) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        proc = subprocess.run(
+            [
+                *self._jvm(java),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.properties_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise KafkaError(
+                f"Formatting Kafka's storage in {self.data_dir} failed: "
+                f"{(proc.stdout + proc.stderr).strip()[-400:]}"
+            )
+
+    # --- lifecycle -------------------------------------------------------------------
+    def _read_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_our_kafka(pid, self.properties_file) else None
+
+    def status(self) -> KafkaStatus:
+        pid = self._read_pid()
+        running = pid is not None and _port_open("127.0.0.1", self.port)
+        return KafkaStatus(running=running, pid=pid, bootstrap=self.bootstrap)
+
+    def start(self, timeout: float = 90.0) -> KafkaStatus:
+        """Start the broker (fetching it first if needed) and wait until it answers."""
+        java = self.java()
+        current = self.status()
+        if current.pid is not None:
+            self.wait_ready(timeout)
+            return self.status()
+        if _port_open("127.0.0.1", self.port):
+            raise KafkaError(
+                f"Port {self.port} is already in use by another program: stop it or choose "
+                "another port with CITYSTREAMS_BROKER=127.0.0.1:PORT."
+            )
+        self.fetch()
+        self._write_config()
+        self._format(java)
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(
+                [*self._jvm(java), "kafka.Kafka", str(self.properties_file)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the command that started it
+                cwd=self.home,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        try:
+            self.wait_ready(timeout, proc=proc)
+        except KafkaError:
+            self.stop()
+            raise
+        return self.status()
+
+    def wait_ready(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        """Wait until the broker serves metadata that lists itself."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise KafkaError(
+                    f"Kafka exited with code {proc.returncode} while starting: see {self.log_file}."
+                )
+            if _broker_answers("127.0.0.1", self.port):
+                return
+            time.sleep(0.2)
+        raise KafkaError(
+            f"Kafka did not answer on {self.bootstrap} within {timeout:.0f} s: see {self.log_file}."
+        )
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Shut the broker down cleanly (SIGTERM, then SIGKILL after ``timeout``)."""
+        pid = self._read_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            log.warning("Kafka (pid %d) ignored SIGTERM for %.0f s; killing it", pid, timeout)
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """kill -9, for fault tests: no clean shutdown."""
+        pid = self._read_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; its parent just has not reaped it
+
+
+def _is_our_kafka(pid: int, properties: Path) -> bool:
+    """The pid file may be stale: only a live JVM running our properties file counts."""
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline and str(properties).encode() in cmdline
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _broker_answers(host: str, port: int) -> bool:
+    """Send a Kafka ApiVersions v0 request and check for a well-formed error-free reply.
+
+    A raw request keeps ``start`` free of asyncio and of client-library retries; the
+    listener only accepts once the broker has finished starting.
+    """
+    client_id = b"citystreams"
+    body = (
+        (18).to_bytes(2, "big")  # api key: ApiVersions
+        + (0).to_bytes(2, "big")  # version 0
+        + (1).to_bytes(4, "big")  # correlation id
+        + len(client_id).to_bytes(2, "big")
+        + client_id
+    )
+    try:
+        with socket.create_connection((host, port), timeout=2.0) as sock:
+            sock.sendall(len(body).to_bytes(4, "big") + body)
+            header = _recv_exact(sock, 4)
+            size = int.from_bytes(header, "big")
+            reply = _recv_exact(sock, size)
+    except OSError:
+        return False
+    return len(reply) >= 6 and reply[:4] == (1).to_bytes(4, "big") and reply[4:6] == b"\0\0"
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+_LOG4J2 = """\
+# Kafka's log, written by `citystreams kafka start`.
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = file
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = INFO
+"""

@@ -1,0 +1,29 @@
+"""A worker whose one agent copies `echo.in` to `echo.out`, upper-cased.
+
+It runs through the project's own app factory and worker entry point, so a test of
+it proves that a citystreams worker consumes from and produces to the real broker.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from streams.app import run_worker
+from streams.settings import Settings
+
+ECHO_IN = "echo.in"
+ECHO_OUT = "echo.out"
+
+
+def build(app: faust.App, settings: Settings) -> None:
+    source = app.topic(settings.topic_prefix + ECHO_IN)
+    sink = app.topic(settings.topic_prefix + ECHO_OUT)
+
+    @app.agent(source)
+    async def shout(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await sink.send(key=event.key, value=bytes(event.value).upper())
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_worker(Settings.from_env(), build))

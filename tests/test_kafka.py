@@ -1,0 +1,144 @@
+"""The project's own Kafka, through the real broker: round trips, restart, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.admin import ensure_topics
+from streams.localkafka import LocalKafka
+from streams.settings import Settings
+from streams.topics import CONTRACT_TOPICS, TopicSpec
+from tests.apps.echo import ECHO_IN, ECHO_OUT
+from tests.conftest import ROOT, free_port, spawn
+
+pytestmark = pytest.mark.kafka
+
+
+async def consume(broker: str, topic: str, want: int, timeout: float = 60.0) -> list[bytes]:
+    """Read ``topic`` from the beginning until ``want`` values or the timeout."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(values) < want:
+                batch = await consumer.getmany(timeout_ms=500)
+                values += [m.value for msgs in batch.values() for m in msgs]
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def produce(broker: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send(topic, value, key=str(i).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def test_produce_consume_round_trip(settings: Settings) -> None:
+    topic = settings.topic_prefix + "roundtrip"
+    sent = [f"reading-{i}".encode() for i in range(100)]
+    await produce(settings.broker, topic, sent)
+    got = await consume(settings.broker, topic, len(sent))
+    assert sorted(got) == sorted(sent)
+
+
+async def test_topics_create_is_idempotent_and_compacts_devices(settings: Settings) -> None:
+    first = await ensure_topics(settings)
+    again = await ensure_topics(settings)
+    assert sorted(first) == sorted(settings.topic_prefix + t for t in CONTRACT_TOPICS)
+    assert again == []
+
+
+async def test_faust_agent_reads_one_topic_and_writes_another(
+    settings: Settings, tmp_path: Path
+) -> None:
+    specs = [
+        TopicSpec(settings.topic_prefix + t, settings.partitions, {}) for t in (ECHO_IN, ECHO_OUT)
+    ]
+    await ensure_topics(settings, specs)
+    sent = [f"co2 {i}".encode() for i in range(50)]
+    await produce(settings.broker, settings.topic_prefix + ECHO_IN, sent)
+    worker = spawn(settings, "tests.apps.echo", log=tmp_path / "worker.log")
+    try:
+        got = await consume(settings.broker, settings.topic_prefix + ECHO_OUT, len(sent), 90)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert sorted(got) == sorted(v.upper() for v in sent), (tmp_path / "worker.log").read_text()
+
+
+async def test_stop_and_start_keeps_messages(tmp_path: Path, kafka_cache: Path) -> None:
+    settings = Settings.from_env(
+        {}, state_dir=tmp_path, kafka_cache=kafka_cache, kafka_controller_port=free_port()
+    )
+    kafka = LocalKafka(settings, port=free_port())
+    kafka.start()
+    try:
+        assert kafka.status().running
+        await produce(kafka.bootstrap, "kept", [b"before restart"])
+        assert kafka.stop()
+        assert not kafka.status().running
+        kafka.start()
+        assert await consume(kafka.bootstrap, "kept", 1) == [b"before restart"]
+    finally:
+        kafka.stop()
+
+
+def test_cli_status_start_stop(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        CITYSTREAMS_STATE_DIR=str(tmp_path),
+        CITYSTREAMS_BROKER=f"127.0.0.1:{free_port()}",
+        CITYSTREAMS_KAFKA_CONTROLLER_PORT=str(free_port()),
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "streams", *args]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+
+    bootstrap = env["CITYSTREAMS_BROKER"]
+    assert cli("kafka", "status").returncode == 3
+    started = cli("kafka", "start")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == bootstrap
+        status = cli("kafka", "status")
+        assert status.returncode == 0
+        assert status.stdout.startswith("up") and bootstrap in status.stdout
+    finally:
+        assert cli("kafka", "stop").returncode == 0
+    assert cli("kafka", "status").stdout.startswith("down")
+
+
+def test_missing_java_is_one_actionable_line(tmp_path: Path) -> None:
+    env = dict(os.environ, PATH=str(tmp_path), CITYSTREAMS_STATE_DIR=str(tmp_path))
+    env.pop("CITYSTREAMS_JAVA", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams", "kafka", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Java 17+" in lines[0] and "install a JDK" in lines[0]
