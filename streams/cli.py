@@ -78,6 +78,58 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
             kafka.stop()
 
 
+def _registry(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import registry
+    from streams.produce import device_messages, publish
+    from streams.topics import DEVICES
+
+    if args.action == "generate":
+        fleet = registry.generate_fleet(seed=args.seed, scale=args.scale)
+        data = registry.to_jsonl(fleet)
+        if args.output == "-":
+            sys.stdout.buffer.write(data)
+        else:
+            with open(args.output, "wb") as f:
+                f.write(data)
+        counts = ", ".join(f"{k} {n}" for k, n in registry.count_by_kind(fleet).items())
+        print(f"{len(fleet)} devices ({counts})", file=sys.stderr)
+        return 0
+    if args.file is None:
+        print("citystreams: registry load needs a FILE", file=sys.stderr)
+        return 2
+    with open(args.file, "rb") as f:
+        data = f.read()
+    records, errors = registry.parse_registry(data, registry.format_from_path(args.file))
+    for error in errors:
+        print(f"{args.file}: {error}", file=sys.stderr)
+    if errors and not args.skip_invalid:
+        print(
+            f"citystreams: {len(errors)} invalid record(s), nothing published "
+            "(--skip-invalid publishes the valid ones)",
+            file=sys.stderr,
+        )
+        return 1
+    asyncio.run(ensure_topics(settings))
+    count = asyncio.run(
+        publish(settings, settings.topic_prefix + DEVICES, device_messages(records))
+    )
+    print(f"published {count} device record(s) to {settings.topic_prefix + DEVICES}")
+    return 0
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.produce import publish, telemetry_messages
+    from streams.topics import TELEMETRY_RAW
+
+    with open(args.file, "rb") as f:
+        messages, unkeyed = telemetry_messages(f.read())
+    topic = settings.topic_prefix + TELEMETRY_RAW
+    count = asyncio.run(publish(settings, topic, messages))
+    note = f" ({unkeyed} without a device_id key)" if unkeyed else ""
+    print(f"sent {count} message(s) to {topic}{note}")
+    return 0
+
+
 def _settings(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print(settings_table())
@@ -112,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one pipeline worker")
     worker.set_defaults(func=_worker)
+
+    reg = sub.add_parser("registry", help="generate or publish device records")
+    reg.add_argument("action", choices=["load", "generate"])
+    reg.add_argument("file", nargs="?", help="load: a JSON Lines or CSV file of device records")
+    reg.add_argument("--seed", type=int, default=1, help="generate: random seed (default 1)")
+    reg.add_argument("--scale", type=float, default=1.0, help="generate: fleet size factor")
+    reg.add_argument("-o", "--output", default="-", help="generate: output file (default stdout)")
+    reg.add_argument(
+        "--skip-invalid", action="store_true", help="load: publish the valid records anyway"
+    )
+    reg.set_defaults(func=_registry)
+
+    send = sub.add_parser("send", help="publish telemetry from a JSON Lines file")
+    send.add_argument("file")
+    send.set_defaults(func=_send)
 
     up = sub.add_parser("up", help="start Kafka, create the topics and run a worker")
     up.add_argument(

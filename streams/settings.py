@@ -172,6 +172,20 @@ class Settings:
         _choice("deadletter", "pass"),
     )
 
+    emit_enriched: bool = _setting(
+        "EMIT_ENRICHED",
+        True,
+        "Publish every valid reading with its registry data on `telemetry.enriched`.",
+        _bool,
+    )
+    state_flush_ms: int = _setting(
+        "STATE_FLUSH_MS",
+        1000,
+        "How often changed per-device state is written to its changelog (ms); also "
+        "written before every rebalance and shutdown.",
+        _positive_int,
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``CITYSTREAMS_*`` variable; ``overrides`` win over the environment."""

@@ -25,6 +25,14 @@ CONTRACT_TOPICS: tuple[str, ...] = (
     ALERTS,
 )
 
+# Additive to the contract: every valid reading with its registry data, for downstream
+# services that want readings rather than windows (documented in schemas/).
+TELEMETRY_ENRICHED = "telemetry.enriched"
+# Internal: readings of gateway batches forwarded to their device's partition.
+TELEMETRY_BY_DEVICE = "telemetry.bydevice"
+
+ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, TELEMETRY_BY_DEVICE)
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -38,14 +46,14 @@ def topic_name(prefix: str, base: str) -> str:
 
 
 def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
-    """What ``citystreams topics create`` makes: all contract topics, ``devices`` compacted.
+    """What ``citystreams topics create`` makes: every topic, ``devices`` compacted.
 
     ``devices`` is small and read whole by every worker, so it keeps the same partition
     count only for uniformity; compaction keeps the newest record per device and drops
     a tombstoned device's history.
     """
     specs = []
-    for base in CONTRACT_TOPICS:
+    for base in ALL_TOPICS:
         config: dict[str, str] = {}
         if base == DEVICES:
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}

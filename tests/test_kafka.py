@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.admin import ensure_topics
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
-from streams.topics import CONTRACT_TOPICS, TopicSpec
+from streams.topics import ALL_TOPICS, TopicSpec
 from tests.apps.echo import ECHO_IN, ECHO_OUT
 from tests.conftest import ROOT, free_port, spawn
+from tests.kafkautil import consume, produce
 
 pytestmark = pytest.mark.kafka
-
-
-async def consume(broker: str, topic: str, want: int, timeout: float = 60.0) -> list[bytes]:
-    """Read ``topic`` from the beginning until ``want`` values or the timeout."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    values: list[bytes] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(values) < want:
-                batch = await consumer.getmany(timeout_ms=500)
-                values += [m.value for msgs in batch.values() for m in msgs]
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return values
-
-
-async def produce(broker: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
-    await producer.start()
-    try:
-        for i, value in enumerate(values):
-            await producer.send(topic, value, key=str(i).encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 async def test_produce_consume_round_trip(settings: Settings) -> None:
@@ -62,7 +31,7 @@ async def test_produce_consume_round_trip(settings: Settings) -> None:
 async def test_topics_create_is_idempotent_and_compacts_devices(settings: Settings) -> None:
     first = await ensure_topics(settings)
     again = await ensure_topics(settings)
-    assert sorted(first) == sorted(settings.topic_prefix + t for t in CONTRACT_TOPICS)
+    assert sorted(first) == sorted(settings.topic_prefix + t for t in ALL_TOPICS)
     assert again == []
 
 

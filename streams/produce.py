@@ -1,0 +1,70 @@
+"""Publishing from the command line: device records and telemetry files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def device_messages(records: Iterable[dict[str, object]]) -> list[tuple[bytes, bytes | None]]:
+    """Registry records as (key, value); a ``deleted`` record becomes a tombstone."""
+    out: list[tuple[bytes, bytes | None]] = []
+    for record in records:
+        key = str(record["device_id"]).encode()
+        out.append((key, None if record.get("deleted") else orjson.dumps(record)))
+    return out
+
+
+def telemetry_messages(data: bytes) -> tuple[list[tuple[bytes | None, bytes]], int]:
+    """Lines of a JSON Lines file as messages, keyed by their device_id when they have one.
+
+    Lines are sent as they are, valid or not (validation is the pipeline's job, and an
+    operator re-driving dead letters wants the bytes unchanged); blank lines are skipped.
+    Returns the messages and the number of lines without a usable key.
+    """
+    messages: list[tuple[bytes | None, bytes]] = []
+    unkeyed = 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        key: bytes | None = None
+        try:
+            doc = orjson.loads(line)
+            if isinstance(doc, dict):
+                if isinstance(doc.get("device_id"), str):
+                    key = doc["device_id"].encode()
+                elif isinstance(doc.get("readings"), list) and doc["readings"]:
+                    first = doc["readings"][0]
+                    if isinstance(first, dict) and isinstance(first.get("device_id"), str):
+                        key = first["device_id"].encode()
+        except orjson.JSONDecodeError:
+            pass
+        if key is None:
+            unkeyed += 1
+        messages.append((key, line))
+    return messages, unkeyed
+
+
+async def publish(
+    settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker, acks="all", linger_ms=5, max_request_size=2**20
+    )
+    await producer.start()
+    count = 0
+    try:
+        for key, value in messages:
+            await producer.send(topic, value, key=key)
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import orjson
+
+from streams.enrich import Registry
+
+AP = {
+    "device_id": "dui-mitte-gs017-ap1",
+    "kind": "wlan_ap",
+    "district": "Mitte",
+    "site": "gs017",
+    "lat": 51.43,
+    "lon": 6.76,
+    "heartbeat_s": 30,
+}
+AIR = {
+    "device_id": "dui-mitte-gs017-r12-air",
+    "kind": "classroom_air",
+    "district": "Mitte",
+    "site": "gs017",
+    "lat": 51.4325,
+    "lon": 6.7652,
+    "parent": "dui-mitte-gs017-ap1",
+}
+
+
+def put(registry: Registry, record: dict[str, object]) -> str | None:
+    return registry.apply(str(record["device_id"]).encode(), orjson.dumps(record))
+
+
+def test_update_replaces_and_tombstone_removes() -> None:
+    registry = Registry()
+    assert put(registry, AP) is None and put(registry, AIR) is None
+    assert registry.children == {"dui-mitte-gs017-ap1": {"dui-mitte-gs017-r12-air"}}
+    assert put(registry, AIR | {"district": "Süd", "parent": None}) is None
+    device = registry.get("dui-mitte-gs017-r12-air")
+    assert device is not None and (device.district, device.parent) == ("Süd", None)
+    assert registry.children == {}
+    assert registry.apply(b"dui-mitte-gs017-r12-air", None) is None
+    assert registry.get("dui-mitte-gs017-r12-air") is None and len(registry) == 1
+
+
+def test_malformed_records_are_reported_and_keep_the_old_one() -> None:
+    registry = Registry()
+    put(registry, AP)
+    key = b"dui-mitte-gs017-ap1"
+    assert registry.apply(key, b"{oops") is not None
+    assert registry.apply(key, orjson.dumps(AP | {"kind": "tractor"})) is not None
+    assert registry.apply(b"another-id", orjson.dumps(AP)) is not None  # key != device_id
+    assert registry.apply(None, orjson.dumps(AP)) is not None
+    assert registry.apply(b"\xff", None) is not None
+    device = registry.get("dui-mitte-gs017-ap1")
+    assert device is not None and device.kind == "wlan_ap"

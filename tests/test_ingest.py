@@ -1,0 +1,139 @@
+"""The ingest stage without a network: routing, registry, duplicates, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
+
+from streams.enrich import Registry
+from streams.ingest import DictSeqStore, Ingest, Outbox, Source
+from streams.metrics import Metrics
+from streams.routing import device_partition
+from streams.validate import Limits
+
+SCHEMAS = Path(__file__).parents[1] / "schemas"
+NOW = 1795780800000
+PARTITIONS = 6
+DEVICES = [f"dui-mitte-gs017-r{i:02d}-air" for i in range(1, 13)]
+
+
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+
+
+@pytest.fixture
+def stage() -> Ingest:
+    registry = Registry()
+    for device_id in DEVICES:
+        record = {
+            "device_id": device_id,
+            "kind": "classroom_air",
+            "district": "Mitte",
+            "site": "gs017",
+            "lat": 51.43,
+            "lon": 6.76,
+        }
+        assert registry.apply(device_id.encode(), orjson.dumps(record)) is None
+    return Ingest(
+        limits=Limits(),
+        registry=registry,
+        seqs=DictSeqStore(),
+        metrics=Metrics(CollectorRegistry()),
+        partitions=PARTITIONS,
+    )
+
+
+def reading(device_id: str, seq: int, co2: float = 800.0) -> dict[str, object]:
+    return {"device_id": device_id, "ts": NOW + seq, "seq": seq, "metrics": {"co2_ppm": co2}}
+
+
+def send(
+    stage: Ingest, doc: object, partition: int | None = None, raw: bytes | None = None
+) -> Outbox:
+    value = raw if raw is not None else orjson.dumps(doc)
+    if partition is None:
+        partition = device_partition(doc["device_id"], PARTITIONS)  # type: ignore[index]
+    out = Outbox()
+    stage.on_raw(value, Source("telemetry.raw", partition, 7, b"k"), NOW, out)
+    return out
+
+
+def test_valid_reading_is_enriched(stage: Ingest) -> None:
+    out = send(stage, reading(DEVICES[0], 1))
+    assert out.deadletters == [] and len(out.accepted) == len(out.enriched) == 1
+    record = orjson.loads(out.enriched[0][1])
+    assert (record["kind"], record["district"], record["site"]) == (
+        "classroom_air",
+        "Mitte",
+        "gs017",
+    )
+
+
+def test_duplicates_are_dropped_and_counted(stage: Ingest) -> None:
+    for seq in (1, 2, 2, 1, 3):
+        send(stage, reading(DEVICES[0], seq))
+    assert stage.metrics.duplicates._value.get() == 2
+    assert stage.metrics.readings_valid._value.get() == 3
+
+
+def test_unknown_device_is_dead_lettered_with_its_payload(stage: Ingest) -> None:
+    doc = reading("dui-nowhere-1", 1)
+    out = send(stage, doc)
+    assert out.accepted == []
+    record = orjson.loads(out.deadletters[0][1])
+    assert record["reason"] == "unknown_device"
+    assert orjson.loads(base64.b64decode(record["payload_b64"])) == doc
+    validator("deadletter").validate(record)
+
+
+def test_unknown_devices_can_pass_as_unknown_kind(stage: Ingest) -> None:
+    stage.pass_unknown = True
+    out = send(stage, reading("dui-nowhere-1", 1))
+    assert out.accepted[0][1].kind == "unknown"
+
+
+def test_batch_splits_forwards_and_rejects_only_the_bad(stage: Ingest) -> None:
+    batch = {"readings": [reading(d, 1) for d in DEVICES] + [{"device_id": "x", "ts": "soon"}]}
+    here = 0
+    out = send(stage, batch, partition=here)
+    mine = [d for d in DEVICES if device_partition(d, PARTITIONS) == here]
+    assert sorted(r.device_id for r, _ in out.accepted) == sorted(mine)
+    forwarded = {p: [r[0] for r in rs] for p, rs in out.forwards.items()}
+    assert here not in forwarded
+    assert sorted(d for ds in forwarded.values() for d in ds) == sorted(set(DEVICES) - set(mine))
+    assert [orjson.loads(v)["index"] for _, v in out.deadletters] == [len(DEVICES)]
+    # The forwarded readings are accepted on their own partition, with the original source.
+    for partition, readings in out.forwards.items():
+        value = stage.forward_value(readings, out.forward_sources[partition])
+        again = Outbox()
+        stage.on_forwarded(value, Source("telemetry.bydevice", partition, 0, None), NOW, again)
+        assert len(again.accepted) == len(readings) and again.deadletters == []
+
+
+def test_corrupt_forward_is_dead_lettered_not_raised(stage: Ingest) -> None:
+    out = Outbox()
+    stage.on_forwarded(b'{"src": 1}', Source("telemetry.bydevice", 0, 3, None), NOW, out)
+    assert orjson.loads(out.deadletters[0][1])["reason"] == "schema"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"\xff\xfe", b"[]", b"{}", b"x" * 70_000, b'{"readings": []}']
+)
+def test_bad_messages_produce_schema_valid_dead_letters(stage: Ingest, raw: bytes) -> None:
+    out = send(stage, None, partition=0, raw=raw)
+    assert len(out.deadletters) == 1
+    record = orjson.loads(out.deadletters[0][1])
+    validator("deadletter").validate(record)
+    assert (record["topic"], record["partition"], record["offset"], record["key"]) == (
+        "telemetry.raw",
+        0,
+        7,
+        "k",
+    )
+    assert base64.b64decode(record["payload_b64"]) == raw
