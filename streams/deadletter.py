@@ -26,9 +26,20 @@ def deadletter_record(
             "topic": topic,
             "partition": partition,
             "offset": offset,
-            "key": None if key is None else key.decode("utf-8", "replace"),
+            "key": _key_text(key),
             "payload_b64": base64.b64encode(reject.payload).decode("ascii"),
             "at": at_ms,
             "index": reject.position,
         }
     )
+
+
+def _key_text(key: bytes | None) -> str | None:
+    """The original key as text; null when there was none or it is not UTF-8 (the
+    payload is still there to re-drive the reading)."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -8,7 +8,7 @@ device's previous record in place.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -16,6 +16,7 @@ from streams.registry import check_device
 from streams.validate import Reading
 
 UNKNOWN_KIND = "unknown"
+K = TypeVar("K")
 
 
 class Device(NamedTuple):
@@ -54,6 +55,8 @@ class Registry:
     def __init__(self) -> None:
         self.devices: dict[str, Device] = {}
         self.children: dict[str, set[str]] = {}
+        # (district, kind) -> device ids: who a district window waits for
+        self.members: dict[tuple[str, str], set[str]] = {}
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -86,16 +89,24 @@ class Registry:
         self.devices[device_id] = device
         if device.parent is not None:
             self.children.setdefault(device.parent, set()).add(device_id)
+        self.members.setdefault((device.district, device.kind), set()).add(device_id)
         return None
 
     def _remove(self, device_id: str) -> None:
         old = self.devices.pop(device_id, None)
-        if old is not None and old.parent is not None:
-            siblings = self.children.get(old.parent)
-            if siblings is not None:
-                siblings.discard(device_id)
-                if not siblings:
-                    del self.children[old.parent]
+        if old is None:
+            return
+        if old.parent is not None:
+            _discard(self.children, old.parent, device_id)
+        _discard(self.members, (old.district, old.kind), device_id)
+
+
+def _discard(index: dict[K, set[str]], key: K, device_id: str) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.discard(device_id)
+        if not group:
+            del index[key]
 
 
 def enriched_record(reading: Reading, device: Device) -> bytes:

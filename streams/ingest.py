@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
 from streams.deadletter import deadletter_record
-from streams.dedup import WIDTH, SeqState, check_seq
+from streams.dedup import SeqState, check_seq
 from streams.enrich import Device, Registry, enriched_record, unknown_device
 from streams.metrics import Metrics
 from streams.routing import device_partition
 from streams.validate import (
+    LATE,
     SCHEMA,
     UNKNOWN_DEVICE,
     Limits,
@@ -31,24 +32,30 @@ from streams.validate import (
     Reject,
     parse_message,
 )
+from streams.windows import Closed, DeviceState, add_reading, close_idle
+
+S = TypeVar("S")
+RAW, FORWARDED = 0, 1  # index of the input in DeviceState.applied
 
 
-class SeqStore(Protocol):
-    def get(self, key: str) -> SeqState | None: ...
+class StateStore(Protocol[S]):
+    """Per-key state: :class:`streams.state.DurableMap` in a worker, a dict in tests."""
 
-    def set(self, key: str, value: SeqState, partition: int) -> None: ...
+    def get(self, key: str) -> S | None: ...
+
+    def set(self, key: str, value: S, partition: int) -> None: ...
 
 
-class DictSeqStore:
-    """A :class:`SeqStore` without durability, for tests and tools."""
+class DictStore(Generic[S]):
+    """A :class:`StateStore` without durability, for tests and tools."""
 
     def __init__(self) -> None:
-        self.data: dict[str, SeqState] = {}
+        self.data: dict[str, S] = {}
 
-    def get(self, key: str) -> SeqState | None:
+    def get(self, key: str) -> S | None:
         return self.data.get(key)
 
-    def set(self, key: str, value: SeqState, partition: int) -> None:
+    def set(self, key: str, value: S, partition: int) -> None:
         self.data[key] = value
 
 
@@ -71,8 +78,11 @@ class Outbox:
     forward_sources: dict[int, Source] = field(default_factory=dict)
     accepted: list[tuple[Reading, Device]] = field(default_factory=list)
     enriched: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # device windows closed: (device, device partition, (start, aggregates))
+    closed: list[tuple[Device, int, Closed]] = field(default_factory=list)
 
     def clear(self) -> None:
+        self.closed.clear()
         self.deadletters.clear()
         self.forwards.clear()
         self.forward_sources.clear()
@@ -80,16 +90,12 @@ class Outbox:
         self.enriched.clear()
 
 
-_MASK_BYTES = WIDTH // 8
+def encode_device(state: DeviceState) -> bytes:
+    return orjson.dumps(state.to_json())
 
 
-def encode_seq(state: SeqState) -> bytes:
-    """8 bytes of high seq, then the bitmap (JSON cannot carry a 1024-bit integer)."""
-    return state.high.to_bytes(8, "big") + state.mask.to_bytes(_MASK_BYTES, "big")
-
-
-def decode_seq(raw: bytes) -> SeqState:
-    return SeqState(int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"))
+def decode_device(raw: bytes) -> DeviceState:
+    return DeviceState.from_json(orjson.loads(raw))
 
 
 def envelope_bytes(reading: Reading) -> bytes:
@@ -101,25 +107,36 @@ def envelope_bytes(reading: Reading) -> bytes:
     return orjson.dumps(doc)
 
 
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    size_ms: int = 60_000
+    grace_ms: int = 10_000
+    idle_ms: int = 10_000
+
+
 class Ingest:
     def __init__(
         self,
         *,
         limits: Limits,
         registry: Registry,
-        seqs: SeqStore,
+        states: StateStore[DeviceState],
         metrics: Metrics,
         partitions: int,
+        windows: WindowConfig | None = None,
         pass_unknown: bool = False,
         emit_enriched: bool = True,
     ) -> None:
         self.limits = limits
         self.registry = registry
-        self.seqs = seqs
+        self.states = states
         self.metrics = metrics
         self.partitions = partitions
+        self.windows = windows if windows is not None else WindowConfig()
         self.pass_unknown = pass_unknown
         self.emit_enriched = emit_enriched
+        # Devices with open windows, and their partition: what the idle timer visits.
+        self.active: dict[str, int] = {}
         # Bound methods and children looked up once: this runs per reading.
         self._inc_in = metrics.readings_in.inc
         self._inc_valid = metrics.readings_valid.inc
@@ -148,7 +165,7 @@ class Ingest:
                 out.forward_sources.setdefault(owner, src)
         if out.forwards:
             self.metrics.forwarded.inc(sum(len(v) for v in out.forwards.values()))
-        self.accept(local, src, now_ms, out, whole)
+        self.accept(local, src, src.partition, RAW, src.offset, now_ms, out, whole)
 
     def on_forwarded(self, value: bytes | None, src: Source, now_ms: int, out: Outbox) -> None:
         """One message of the internal ``telemetry.bydevice`` topic (written by on_raw)."""
@@ -162,42 +179,99 @@ class Ingest:
             reject = Reject(SCHEMA, f"corrupt forwarded batch: {exc!r}"[:200], value or b"")
             self._deadletter(reject, src, now_ms, out)
             return
-        self.accept(readings, origin, now_ms, out, None)
+        # Dead letters name the reading's original message; state goes with this partition.
+        self.accept(readings, origin, src.partition, FORWARDED, src.offset, now_ms, out, None)
 
     # --- the per-device part ------------------------------------------------------------
     def accept(
         self,
         readings: list[Reading],
         src: Source,
+        partition: int,
+        input_index: int,
+        offset: int,
         now_ms: int,
         out: Outbox,
         whole: bytes | None,
     ) -> None:
-        """Registry check, de-duplication and enrichment of readings this partition owns."""
+        """Registry, idempotence, de-duplication, windows and enrichment of readings this
+        partition owns. ``input_index`` and ``offset`` say which message they came in."""
         get_device = self.registry.devices.get
-        seqs = self.seqs
-        partition = src.partition
+        states = self.states
+        size, grace = self.windows.size_ms, self.windows.grace_ms
+        touched: dict[str, DeviceState] = {}
         for reading in readings:
-            device = get_device(reading.device_id)
+            device_id = reading.device_id
+            device = get_device(device_id)
             if device is None:
                 if not self.pass_unknown:
                     payload = whole if whole is not None else envelope_bytes(reading)
-                    detail = f"device {reading.device_id!r} is not in the registry"
+                    detail = f"device {device_id!r} is not in the registry"
                     self._deadletter(Reject(UNKNOWN_DEVICE, detail, payload), src, now_ms, out)
                     continue
-                device = unknown_device(reading.device_id)
+                device = unknown_device(device_id)
+            state = touched.get(device_id)
+            if state is None:
+                state = states.get(device_id)
+                if state is None:
+                    state = DeviceState()
+                elif offset <= state.applied[input_index]:
+                    continue  # redelivered after a restart: already in this device's state
+                touched[device_id] = state
             if reading.seq is not None:
-                verdict = check_seq(seqs.get(reading.device_id), reading.seq)
+                seen = SeqState(state.seq_high, state.seq_mask) if state.seq_high >= 0 else None
+                verdict = check_seq(seen, reading.seq)
                 if verdict.duplicate:
                     self.metrics.duplicates.inc()
                     continue
                 if verdict.reset:
                     self.metrics.seq_resets.inc()
-                seqs.set(reading.device_id, verdict.state, partition)
+                state.seq_high, state.seq_mask = verdict.state
+            late, closed = add_reading(state, reading.ts, reading.metrics, now_ms, size, grace)
+            if late:
+                payload = whole if whole is not None else envelope_bytes(reading)
+                detail = (
+                    f"ts {reading.ts} is in a window of {device_id!r} that closed at "
+                    f"{state.closed_until} (grace {grace} ms)"
+                )
+                self._deadletter(Reject(LATE, detail, payload), src, now_ms, out)
+                continue
+            for window in closed:
+                out.closed.append((device, partition, window))
             self._inc_valid()
             out.accepted.append((reading, device))
             if self.emit_enriched:
-                out.enriched.append((reading.device_id.encode(), enriched_record(reading, device)))
+                out.enriched.append((device_id.encode(), enriched_record(reading, device)))
+        active = self.active
+        for device_id, state in touched.items():
+            state.applied[input_index] = offset
+            states.set(device_id, state, partition)
+            if state.open:
+                active[device_id] = partition
+            else:
+                active.pop(device_id, None)
+
+    def tick(self, now_ms: int, out: Outbox) -> None:
+        """The idle timer: close windows of devices that went quiet."""
+        cfg = self.windows
+        get_device = self.registry.devices.get
+        done: list[str] = []
+        for device_id, partition in self.active.items():
+            state = self.states.get(device_id)
+            if state is None:
+                done.append(device_id)
+                continue
+            closed = close_idle(state, now_ms, cfg.size_ms, cfg.grace_ms, cfg.idle_ms)
+            if not closed:
+                continue
+            device = get_device(device_id) or unknown_device(device_id)
+            for window in closed:
+                out.closed.append((device, partition, window))
+            self.states.set(device_id, state, partition)
+            if not state.open:
+                done.append(device_id)
+        for device_id in done:
+            del self.active[device_id]
 
     def forward_value(self, readings: list[list[Any]], src: Source) -> bytes:
         key = None if src.key is None else base64.b64encode(src.key).decode()

@@ -61,6 +61,24 @@ class Metrics:
             "Readings of gateway batches forwarded to their device's partition.",
             registry=r,
         )
+        self.windows_emitted = Counter(
+            f"{PREFIX}_windows_emitted_total",
+            "Window aggregates published, by level (device or district).",
+            ["level"],
+            registry=r,
+        )
+        self.windows_emitted_device = self.windows_emitted.labels("device")
+        self.windows_emitted_district = self.windows_emitted.labels("district")
+        self.late_device_windows = Counter(
+            f"{PREFIX}_late_device_windows_total",
+            "Device windows that arrived after their district window had closed (dropped).",
+            registry=r,
+        )
+        self.district_input_errors = Counter(
+            f"{PREFIX}_district_input_errors_total",
+            "Unreadable records on the internal district input topic (ignored).",
+            registry=r,
+        )
         self.registry_devices = Gauge(
             f"{PREFIX}_registry_devices", "Devices in this worker's registry.", registry=r
         )

@@ -12,6 +12,11 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key``."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
 @lru_cache(maxsize=262_144)  # bounded: device ids come from outside
 def device_partition(device_id: str, partitions: int) -> int:
-    return int((murmur2(device_id.encode("utf-8")) & 0x7FFFFFFF) % partitions)
+    return key_partition(device_id.encode("utf-8"), partitions)

@@ -186,6 +186,45 @@ class Settings:
         _positive_int,
     )
 
+    # --- windows -----------------------------------------------------------------
+    window_s: int = _setting(
+        "WINDOW_S", 60, "Size of the per-device tumbling event-time windows (s).", _positive_int
+    )
+    district_window_s: int = _setting(
+        "DISTRICT_WINDOW_S",
+        300,
+        "Size of the per-district-and-kind windows (s); a multiple of the device window.",
+        _positive_int,
+    )
+    grace_s: float = _setting(
+        "GRACE_S",
+        10.0,
+        "Allowed lateness: a device's watermark is its highest event time minus this. "
+        "Readings for a window that has closed are dead-lettered (`late`).",
+        _positive_float,
+    )
+    window_idle_s: float = _setting(
+        "WINDOW_IDLE_S",
+        10.0,
+        "A device silent this long (wall clock) has its windows closed once their end "
+        "plus the grace has passed, without waiting for newer readings.",
+        _positive_float,
+    )
+    district_wait_s: float = _setting(
+        "DISTRICT_WAIT_S",
+        70.0,
+        "Longest wait for a district window's slow or silent devices, counted from its "
+        "end plus the grace and from its first device window (see streams/windows.py).",
+        _positive_float,
+    )
+
+    def __post_init__(self) -> None:
+        if self.district_window_s % self.window_s:
+            raise SettingsError(
+                f"CITYSTREAMS_DISTRICT_WINDOW_S ({self.district_window_s}) must be a multiple "
+                f"of CITYSTREAMS_WINDOW_S ({self.window_s})"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every ``CITYSTREAMS_*`` variable; ``overrides`` win over the environment."""

@@ -2,10 +2,10 @@
 
 A faust ``Table`` written per update sends one changelog message each time (~35-80 us).
 :class:`DurableMap` keeps decoded values in a plain dict, remembers which keys changed,
-and writes each changed key once per flush (every ``flush_interval``, and before every
-rebalance and shutdown). The table's in-memory store holds the encoded values and faust
-restores it from the changelog on assignment, so a restart or a rebalance resumes from
-the last flush.
+and encodes each changed key once per checkpoint (see ``streams.pipeline``: state is
+written and acknowledged before the input offsets it stands for are committed). The
+table's in-memory store holds the encoded values and faust restores it from the
+changelog on assignment, so a restart or a rebalance resumes from the last checkpoint.
 
 This depends on faust's memory store (``store="memory://"``), whose ``data`` dict and
 key-to-partition map it updates directly, so that revoked partitions' keys are dropped
@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
+
+
+class Write(NamedTuple):
+    """One changelog record to send: the caller sends it and waits for the ack."""
+
+    table: Any
+    partition: int
+    key: bytes
+    value: bytes | None
 
 
 class DurableMap(Generic[V]):
@@ -70,29 +79,31 @@ class DurableMap(Generic[V]):
             if value is not None:
                 yield key, value
 
-    def flush(self) -> int:
-        """Write every changed key to the store and the changelog; returns how many."""
-        if not self.dirty and not self.deleted:
-            return 0
+    def collect(self, keys: list[str] | None = None) -> list[Write]:
+        """Encode the changed keys (all, or just ``keys``) into the store and return the
+        changelog records to send. Synchronous: the caller snapshots state and the
+        events it stands for at one instant, then awaits the sends."""
         store = self._store()
         data, key_partition = store.data, store._key_partition
-        count = 0
-        for key, partition in self.dirty.items():
+        writes: list[Write] = []
+        if keys is None:
+            dirty, deleted = self.dirty, self.deleted
+            self.dirty, self.deleted = {}, {}
+        else:
+            dirty = {k: p for k in keys if (p := self.dirty.pop(k, None)) is not None}
+            deleted = {}
+        for key, partition in dirty.items():
             raw_key = key.encode()
             raw = self.encode(self.live[key])
             data[raw_key] = raw
             key_partition[raw_key] = partition
-            self.table.send_changelog(partition, raw_key, raw)
-            count += 1
-        for key, partition in self.deleted.items():
+            writes.append(Write(self.table, partition, raw_key, raw))
+        for key, partition in deleted.items():
             raw_key = key.encode()
             data.pop(raw_key, None)
             key_partition.pop(raw_key, None)
-            self.table.send_changelog(partition, raw_key, None)
-            count += 1
-        self.dirty.clear()
-        self.deleted.clear()
-        return count
+            writes.append(Write(self.table, partition, raw_key, None))
+        return writes
 
     def forget(self) -> None:
         """Drop the decoded copies (after a flush): the store is the truth after a rebalance."""

@@ -30,8 +30,15 @@ CONTRACT_TOPICS: tuple[str, ...] = (
 TELEMETRY_ENRICHED = "telemetry.enriched"
 # Internal: readings of gateway batches forwarded to their device's partition.
 TELEMETRY_BY_DEVICE = "telemetry.bydevice"
+# Internal: closed device windows, keyed by (district, kind), for the district stage.
+WINDOWS_BY_DISTRICT = "windows.bydistrict"
 
-ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, TELEMETRY_BY_DEVICE)
+ALL_TOPICS: tuple[str, ...] = (
+    *CONTRACT_TOPICS,
+    TELEMETRY_ENRICHED,
+    TELEMETRY_BY_DEVICE,
+    WINDOWS_BY_DISTRICT,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,8 +158,11 @@ def check_envelope(doc: dict[str, Any], now_ms: int, limits: Limits) -> Reading 
         return TS_PAST, f"`ts` {ts} is {(now_ms - ts) / 1000:.0f} s behind the worker's clock"
 
     seq = doc.get("seq")
-    if seq is not None and (type(seq) is not int or seq < 0):
-        return SCHEMA, f"`seq` must be a non-negative integer, got {_show(seq)}"
+    if seq is not None:
+        if type(seq) is float and seq.is_integer():  # JSON Schema: 42.0 is an integer
+            seq = int(seq)
+        if type(seq) is not int or seq < 0:
+            return SCHEMA, f"`seq` must be a non-negative integer, got {_show(seq)}"
 
     metrics = doc.get("metrics")
     if type(metrics) is not dict:
@@ -187,6 +190,8 @@ def check_envelope(doc: dict[str, Any], now_ms: int, limits: Limits) -> Reading 
 
 def parse_ts(raw: object) -> int | str:
     """Event time in epoch ms, or the problem as text (a str) when it is unusable."""
+    if type(raw) is float and raw.is_integer() and abs(raw) < 2**53:
+        raw = int(raw)  # JSON Schema: 1795780800123.0 is an integer
     if type(raw) is int:
         if raw < 0:
             return f"`ts` must not be negative, got {raw}"
@@ -202,7 +207,10 @@ def parse_ts(raw: object) -> int | str:
         if parsed.tzinfo is None:
             return f"`ts` {_show(raw)} has no UTC offset"
         # Integer arithmetic: float seconds * 1000 can land one millisecond low.
-        return (parsed - _EPOCH) // _MS
+        ms: int = (parsed - _EPOCH) // _MS
+        if ms < 0:
+            return f"`ts` {_show(raw)} is before 1970"
+        return ms
     if raw is None:
         return "missing `ts`"
     return f"`ts` must be epoch milliseconds (integer) or RFC 3339, got {_json_type(raw)}"

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
 from streams.enrich import Registry
-from streams.ingest import DictSeqStore, Ingest, Outbox, Source
+from streams.ingest import DictStore, Ingest, Outbox, Source
 from streams.metrics import Metrics
 from streams.routing import device_partition
 from streams.validate import Limits
@@ -43,7 +43,7 @@ def stage() -> Ingest:
     return Ingest(
         limits=Limits(),
         registry=registry,
-        seqs=DictSeqStore(),
+        states=DictStore(),
         metrics=Metrics(CollectorRegistry()),
         partitions=PARTITIONS,
     )
@@ -53,14 +53,22 @@ def reading(device_id: str, seq: int, co2: float = 800.0) -> dict[str, object]:
     return {"device_id": device_id, "ts": NOW + seq, "seq": seq, "metrics": {"co2_ppm": co2}}
 
 
+OFFSETS = iter(range(7, 10**9))
+
+
 def send(
-    stage: Ingest, doc: object, partition: int | None = None, raw: bytes | None = None
+    stage: Ingest,
+    doc: object,
+    partition: int | None = None,
+    raw: bytes | None = None,
+    offset: int | None = None,
 ) -> Outbox:
     value = raw if raw is not None else orjson.dumps(doc)
     if partition is None:
         partition = device_partition(doc["device_id"], PARTITIONS)  # type: ignore[index]
     out = Outbox()
-    stage.on_raw(value, Source("telemetry.raw", partition, 7, b"k"), NOW, out)
+    offset = next(OFFSETS) if offset is None else offset
+    stage.on_raw(value, Source("telemetry.raw", partition, offset, b"k"), NOW, out)
     return out
 
 
@@ -130,10 +138,21 @@ def test_bad_messages_produce_schema_valid_dead_letters(stage: Ingest, raw: byte
     assert len(out.deadletters) == 1
     record = orjson.loads(out.deadletters[0][1])
     validator("deadletter").validate(record)
-    assert (record["topic"], record["partition"], record["offset"], record["key"]) == (
-        "telemetry.raw",
-        0,
-        7,
-        "k",
-    )
+    assert (record["topic"], record["partition"], record["key"]) == ("telemetry.raw", 0, "k")
     assert base64.b64decode(record["payload_b64"]) == raw
+
+
+def test_a_message_redelivered_after_a_restart_is_not_applied_twice(stage: Ingest) -> None:
+    doc = reading(DEVICES[0], 1) | {"seq": None}  # no seq: only the offset can tell
+    send(stage, doc, offset=100)
+    send(stage, doc, offset=100)  # the same message again (at-least-once redelivery)
+    send(stage, doc | {"ts": NOW + 5}, offset=101)
+    assert stage.metrics.readings_valid._value.get() == 2
+
+
+def test_readings_late_beyond_grace_are_dead_lettered(stage: Ingest) -> None:
+    send(stage, reading(DEVICES[0], 1) | {"ts": NOW + 5_000})
+    out = send(stage, reading(DEVICES[0], 2) | {"ts": NOW + 75_000})  # closes [NOW, NOW+60s)
+    assert [w[0] for _, _, w in out.closed] == [NOW]
+    out = send(stage, reading(DEVICES[0], 3) | {"ts": NOW + 30_000})
+    assert [orjson.loads(v)["reason"] for _, v in out.deadletters] == ["late"]

@@ -1,0 +1,91 @@
+"""The pipeline's own record types and serialisers agree with the topic schemas.
+
+``test_schemas.py`` checks the schemas against their examples; this checks the code
+against the schemas, so a field added to a record type (or to a schema) without the
+other fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streams.deadletter import deadletter_record
+from streams.enrich import Device, enriched_record, unknown_device
+from streams.validate import INVALID_JSON, Limits, Reading, Reject, parse_message
+from tests.test_schemas import EXAMPLES, load_schema, validator
+
+NOW = 1795780800000
+LIMITS = Limits(max_bytes=2**20, max_future_ms=10**15, max_past_ms=10**15)
+READING = Reading("dui-mitte-gs017-r12-air", 1795780800123, 42, {"co2_ppm": 812.0})
+DEVICE = Device(
+    device_id="dui-mitte-gs017-r12-air",
+    kind="classroom_air",
+    district="Mitte",
+    site="gs017",
+    lat=51.4325,
+    lon=6.7652,
+    parent="dui-mitte-gs017-ap1",
+    heartbeat_s=60.0,
+)
+BARE_DEVICE = DEVICE._replace(kind="wlan_ap", parent=None, heartbeat_s=None)
+
+
+def errors(name: str, record: bytes) -> list[str]:
+    return [e.message for e in validator(name).iter_errors(orjson.loads(record))]
+
+
+def test_reading_fields_are_the_envelope_properties() -> None:
+    schema = load_schema("telemetry-envelope")
+    assert set(Reading._fields) == set(schema["properties"])
+    assert set(schema["required"]) == set(Reading._fields) - {"seq"}
+
+
+def test_device_fields_are_the_device_properties() -> None:
+    schema = load_schema("device")
+    assert set(Device._fields) == set(schema["properties"])
+    assert set(schema["required"]) <= set(Device._fields)
+
+
+@pytest.mark.parametrize(
+    ("reject", "key"),
+    [
+        (Reject(INVALID_JSON, "empty message (null value)", b""), None),
+        (Reject(INVALID_JSON, "unexpected character", b"{nope", None), b"dui-mitte-gs017-r12-air"),
+        (parse_message(b'{"readings": [{"ts": 1}]}', NOW, LIMITS).rejects[0], b"gw-1"),
+    ],
+)
+def test_deadletter_record_matches_its_schema(reject: Reject, key: bytes | None) -> None:
+    record = deadletter_record(reject, "dev.telemetry.raw", 3, 1234, key, NOW + 999)
+    assert errors("deadletter", record) == []
+    assert set(orjson.loads(record)) >= set(load_schema("deadletter")["required"])
+
+
+@pytest.mark.parametrize(
+    "device",
+    [DEVICE, BARE_DEVICE, unknown_device(READING.device_id)],
+    ids=["registered", "no-parent-no-heartbeat", "unknown"],
+)
+@pytest.mark.parametrize("seq", [42, None])
+def test_enriched_record_matches_its_schema(device: Device, seq: int | None) -> None:
+    record = enriched_record(READING._replace(seq=seq), device)
+    assert errors("telemetry-enriched", record) == []
+    assert set(orjson.loads(record)) == set(load_schema("telemetry-enriched")["properties"])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(path, id=f"{path.parent.name}/{path.stem}")
+        for kind in ("telemetry-envelope", "telemetry-batch")
+        for path in sorted((EXAMPLES / "valid" / kind).glob("*.json"))
+    ],
+)
+def test_valid_telemetry_examples_are_accepted_and_enrich_to_the_schema(path: Path) -> None:
+    parsed = parse_message(path.read_bytes(), NOW, LIMITS)
+    assert parsed.rejects == [] and parsed.readings
+    for reading in parsed.readings:
+        device = DEVICE._replace(device_id=reading.device_id)
+        assert errors("telemetry-enriched", enriched_record(reading, device)) == []
