@@ -50,7 +50,30 @@ async def test_faust_agent_reads_one_topic_and_writes_another(
     finally:
         worker.terminate()
         worker.wait(30)
-    assert sorted(got) == sorted(v.upper() for v in sent), (tmp_path / "worker.log").read_text()
+    assert sorted(g.split(b"|")[0] for g in got) == sorted(v.upper() for v in sent), (
+        tmp_path / "worker.log"
+    ).read_text()
+
+
+async def test_two_workers_share_the_partitions(settings: Settings, tmp_path: Path) -> None:
+    specs = [
+        TopicSpec(settings.topic_prefix + t, settings.partitions, {}) for t in (ECHO_IN, ECHO_OUT)
+    ]
+    await ensure_topics(settings, specs)
+    workers = [spawn(settings, "tests.apps.echo", log=tmp_path / f"w{i}.log") for i in (1, 2)]
+    try:
+        # Let both join the group before the input arrives, then check who handled what.
+        await consume(settings.broker, settings.topic_prefix + ECHO_OUT, 1, timeout=8)
+        sent = [f"reading {i}".encode() for i in range(300)]
+        await produce(settings.broker, settings.topic_prefix + ECHO_IN, sent)
+        got = await consume(settings.broker, settings.topic_prefix + ECHO_OUT, len(sent), 90)
+        assert all(w.poll() is None for w in workers)
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+    assert {g.split(b"|")[0] for g in got} == {v.upper() for v in sent}
+    assert {g.split(b"|")[1] for g in got} == {str(w.pid).encode() for w in workers}
 
 
 async def test_stop_and_start_keeps_messages(tmp_path: Path, kafka_cache: Path) -> None:

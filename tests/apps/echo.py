@@ -6,6 +6,8 @@ it proves that a citystreams worker consumes from and produces to the real broke
 
 from __future__ import annotations
 
+import os
+
 import faust
 
 from streams.app import run_worker
@@ -22,7 +24,9 @@ def build(app: faust.App, settings: Settings) -> None:
     @app.agent(source)
     async def shout(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await sink.send(key=event.key, value=bytes(event.value).upper())
+            # The pid says which worker handled it: tests check the partitions are shared.
+            value = bytes(event.value).upper() + b"|" + str(os.getpid()).encode()
+            await sink.send(key=event.key, value=value)
 
 
 if __name__ == "__main__":
