@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import NoReturn
 
 import faust
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> faust.App:
 
 def run_worker(
     settings: Settings,
-    build: Callable[[faust.App, Settings], None],
+    build: Callable[[faust.App, Settings], Callable[[], Awaitable[None]] | None],
     loglevel: str | None = None,
 ) -> NoReturn:
     """Create the topics, build the app and run one worker until it is stopped."""
@@ -61,7 +61,9 @@ def run_worker(
     # missing topic at assignment and does not notice it later.
     loop.run_until_complete(ensure_topics(settings))
     app = create_app(settings)
-    build(app, settings)
+    prepare = build(app, settings)
+    if prepare is not None:
+        loop.run_until_complete(prepare())
     worker = faust.Worker(
         app,
         loop=loop,

@@ -70,8 +70,11 @@ class _CheckpointOnCommit(faust.Sensor):
         return None
 
 
-def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) -> None:
-    """Register every stage of the pipeline on ``app``."""
+def build(
+    app: faust.App, settings: Settings, metrics: Metrics | None = None
+) -> Callable[[], Awaitable[None]]:
+    """Register every stage of the pipeline on ``app``; returns what must run before
+    the worker starts (loading the device registry)."""
     metrics = metrics if metrics is not None else Metrics()
     prefix = settings.topic_prefix
     window_ms = settings.window_s * 1000
@@ -100,7 +103,7 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
         districts_table, encode_district, decode_district
     )
     registry = Registry()
-    registry_ready = asyncio.Event()
+    follower = RegistryFollower(settings, devices_topic_name, registry, metrics)
 
     # --- stages (pure; see streams/ingest.py and streams/districts.py) -------------------
     ingest_stage = Ingest(
@@ -141,11 +144,17 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
     ) -> None:
         inflight.append(await topic.send(key=key, value=value, partition=partition))
 
-    async def write(writes: list[Write]) -> None:
-        for w in writes:
-            inflight.append(
+    async def write(keys_of: Callable[[], list[Write]]) -> None:
+        """Write state and wait for Kafka's ack: what follows may depend on it. Under
+        the checkpoint's lock, so an older encoding of a key can never land after a
+        newer one (the changelog's last record per key is what a restart restores)."""
+        async with checkpoint_lock:
+            futures = [
                 await w.table.changelog_topic.send(key=w.key, value=w.value, partition=w.partition)
-            )
+                for w in keys_of()
+            ]
+            if futures:
+                await asyncio.gather(*futures)
 
     async def checkpoint() -> None:
         async with checkpoint_lock:
@@ -191,9 +200,11 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
         for key, value in out.enriched:
             await send(enriched_topic, key, value)
         if out.closed:
-            # The state that says "closed" is written before the windows go out, so a
-            # restart does not emit them again.
-            await write(device_states.collect([device.device_id for device, _, _ in out.closed]))
+            # At-least-once: the windows go out (and are acknowledged) before the state
+            # that says they closed. A crash in between emits them again after the
+            # restart, identical (consumers de-duplicate on device_id + window_start, the
+            # district stage does so itself); the other order could lose them.
+            futures = []
             for device, _, window in out.closed:
                 start, aggs = window
                 record = device_window_record(
@@ -205,18 +216,24 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
                     window_ms,
                     aggs,
                 )
-                await send(device_windows_topic, device.device_id.encode(), orjson.dumps(record))
+                futures.append(
+                    await device_windows_topic.send(
+                        key=device.device_id.encode(), value=orjson.dumps(record)
+                    )
+                )
                 metrics.windows_emitted_device.inc()
                 message = district_message(device, window, window_ms)
                 if message is not None:
-                    await send(by_district_topic, message[0], message[1])
+                    futures.append(await by_district_topic.send(key=message[0], value=message[1]))
+            await asyncio.gather(*futures)
+            closed_ids = [device.device_id for device, _, _ in out.closed]
+            await write(lambda: device_states.collect(closed_ids))
         out.clear()
 
     # --- agents ---------------------------------------------------------------------
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         """Validate raw telemetry; dead-letter the bad, forward foreign devices, window."""
-        await registry_ready.wait()  # an empty registry would dead-letter every device
         out = Outbox()
         async for event in _unacked_events(stream):
             msg = event.message
@@ -228,7 +245,6 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
     @app.agent(by_device_topic, name="ingest_forwarded")
     async def ingest_forwarded(stream: faust.StreamT[bytes]) -> None:
         """Readings of gateway batches, now on their device's partition."""
-        await registry_ready.wait()
         out = Outbox()
         async for event in _unacked_events(stream):
             msg = event.message
@@ -258,9 +274,13 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
             await drain(out)
             district_out = DistrictOutbox()
             changed = district_stage.tick(now_ms(), district_out)
-            await write(district_states.collect(changed))
-            for key, value in district_out.records:
-                await send(district_windows_topic, key, value)
+            # Outputs first, then the state that says they were emitted (see drain).
+            futures = [
+                await district_windows_topic.send(key=key, value=value)
+                for key, value in district_out.records
+            ]
+            await asyncio.gather(*futures)
+            await write(lambda: district_states.collect(changed))
         except Exception:
             log.exception("closing windows failed; retrying at the next tick")
 
@@ -302,11 +322,13 @@ def build(app: faust.App, settings: Settings, metrics: Metrics | None = None) ->
     # --- the device registry, whole on every worker ----------------------------------
     @app.task
     async def follow_registry() -> None:
-        await _follow_registry(settings, devices_topic_name, registry, metrics, registry_ready)
+        await follower.follow()
 
     @app.task
     async def serve_metrics() -> None:
         serve(metrics, settings.bind, settings.metrics_port)
+
+    return follower.load
 
 
 def _unacked_events(stream: faust.StreamT[bytes]) -> AsyncIterator[Any]:
@@ -315,62 +337,76 @@ def _unacked_events(stream: faust.StreamT[bytes]) -> AsyncIterator[Any]:
     return events
 
 
-async def _follow_registry(
-    settings: Settings,
-    topic: str,
-    registry: Registry,
-    metrics: Metrics,
-    ready: asyncio.Event,
-) -> None:
-    """Read the compacted ``devices`` topic from the start, then keep following it.
+class RegistryFollower:
+    """The compacted ``devices`` topic, read whole by every worker, then followed.
 
     A consumer without a group, assigned every partition: each worker needs every
-    device, and nothing about this topic should be committed. ``ready`` is set once
-    the records that existed at start have been applied.
+    device, and nothing about this topic should be committed. :meth:`load` reads it to
+    the end *before* the worker joins its group, so telemetry never waits on (or is
+    dead-lettered for) a registry still loading; :meth:`follow` applies what comes later.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.broker,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        partitions: set[int] | None = None
-        while not partitions:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
+
+    def __init__(self, settings: Settings, topic: str, registry: Registry, metrics: Metrics):
+        self.settings = settings
+        self.topic = topic
+        self.registry = registry
+        self.metrics = metrics
+        self.positions: dict[TopicPartition, int] = {}
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.broker,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+
+    def _apply(self, tp: TopicPartition, records: list[Any]) -> None:
+        for record in records:
+            problem = self.registry.apply(record.key, record.value)
+            if problem is not None:
+                self.metrics.registry_errors.inc()
+                log.warning("devices %d@%d ignored: %s", tp.partition, record.offset, problem)
+        if records:
+            self.positions[tp] = records[-1].offset + 1
+        self.metrics.registry_devices.set(len(self.registry))
+
+    async def load(self) -> None:
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            partitions: set[int] | None = None
+            while not partitions:
                 await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
+                partitions = consumer.partitions_for_topic(self.topic)
                 if not partitions:
-                    await asyncio.sleep(0.5)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        if not pending:
-            ready.set()
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            for tp, records in batch.items():
-                for record in records:
-                    problem = registry.apply(record.key, record.value)
-                    if problem is not None:
-                        metrics.registry_errors.inc()
-                        log.warning(
-                            "devices %s@%d ignored: %s", tp.partition, record.offset, problem
-                        )
-                if tp in pending and records and records[-1].offset + 1 >= end[tp]:
-                    pending.discard(tp)
-            metrics.registry_devices.set(len(registry))
-            if pending and not ready.is_set():
-                # Compaction can leave the end offset past the last record.
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-            if not pending and not ready.is_set():
-                log.info("registry loaded: %d devices", len(registry))
-                ready.set()
-    finally:
-        await consumer.stop()
+                    await asyncio.sleep(0.2)
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            self.positions = {tp: 0 for tp in tps}
+            # Compaction can leave the end offset past the last record: compare positions.
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for tp, records in batch.items():
+                    self._apply(tp, records)
+            for tp in tps:
+                self.positions[tp] = await consumer.position(tp)
+        finally:
+            await consumer.stop()
+        log.info("registry loaded: %d devices", len(self.registry))
+
+    async def follow(self) -> None:
+        consumer = self._consumer()
+        await consumer.start()
+        try:
+            consumer.assign(list(self.positions))
+            for tp, offset in self.positions.items():
+                consumer.seek(tp, offset)
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+                for tp, records in batch.items():
+                    self._apply(tp, records)
+        finally:
+            await consumer.stop()

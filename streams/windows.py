@@ -232,11 +232,14 @@ def sketch_quantile(sketch: dict[int, int], q: float) -> float:
 
 # --- district windows --------------------------------------------------------------------
 class DistrictWindow:
-    __slots__ = ("devices", "first_arrival", "metrics")
+    __slots__ = ("devices", "first_arrival", "metrics", "parts")
 
     def __init__(self, first_arrival: int) -> None:
         self.first_arrival = first_arrival
         self.devices: set[str] = set()
+        # (device_id, device window start) already added: a device window delivered
+        # twice (at-least-once, after a crash) is counted once
+        self.parts: set[tuple[str, int]] = set()
         # per metric: [count, min, max, sum, sketch]
         self.metrics: dict[str, list[Any]] = {}
 
@@ -264,6 +267,7 @@ class DistrictState:
                 w.first_arrival,
                 sorted(w.devices),
                 {m: [a[0], a[1], a[2], a[3], list(a[4].items())] for m, a in w.metrics.items()},
+                sorted(w.parts),
             ]
             for start, w in self.open.items()
         ]
@@ -273,9 +277,10 @@ class DistrictState:
     def from_json(cls, doc: list[Any]) -> DistrictState:
         state = cls()
         state.closed_until = doc[0]
-        for start, first, devices, metrics in doc[1]:
+        for start, first, devices, metrics, parts in doc[1]:
             window = DistrictWindow(first)
             window.devices = set(devices)
+            window.parts = {(d, int(s)) for d, s in parts}
             window.metrics = {
                 m: [a[0], a[1], a[2], a[3], {int(k): n for k, n in a[4]}]
                 for m, a in metrics.items()
@@ -296,7 +301,8 @@ def add_device_window(
     district_size: int,
 ) -> bool:
     """Add one closed device window (``aggs`` as :func:`add_reading` built them);
-    returns False when its district window has already closed (late)."""
+    returns False when its district window has already closed (late). A repeat of a
+    device window already added is ignored."""
     if end > state.progress.get(device_id, 0):
         state.progress[device_id] = end
     dstart = start - start % district_size
@@ -305,6 +311,10 @@ def add_device_window(
     window = state.open.get(dstart)
     if window is None:
         window = state.open[dstart] = DistrictWindow(arrival_ms)
+    part = (device_id, start)
+    if part in window.parts:
+        return True
+    window.parts.add(part)
     window.devices.add(device_id)
     for name, a in aggs.items():
         acc = window.metrics.get(name)

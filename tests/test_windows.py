@@ -187,3 +187,13 @@ def test_district_state_round_trips_through_json() -> None:
     assert district_window_record("D", "k", one[0][0], DSIZE, one[0][1]) == district_window_record(
         "D", "k", two[0][0], DSIZE, two[0][1]
     )
+
+
+def test_a_device_window_delivered_twice_counts_once() -> None:
+    district = DistrictState()
+    start, aggs = device_window(DeviceState(), 5, 2.0)
+    for _ in range(2):  # redelivered after a crash
+        add_device_window(district, "a", start, start + SIZE, aggs, at(70), DSIZE)
+    closed = close_districts(district, at(10**6), DSIZE, GRACE, WAIT, None)
+    record = district_window_record("D", "k", closed[0][0], DSIZE, closed[0][1])
+    assert record["metrics"]["co2_ppm"]["count"] == 1

@@ -9,6 +9,7 @@ import random
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,30 @@ def expected(devices: list[dict[str, Any]], sent: list[dict[str, Any]]) -> tuple
     return devices_out, districts_out
 
 
-def check(got_devices: list[Any], got_districts: list[Any], want: tuple[dict, dict]) -> None:
+def once(records: list[Any], key: Callable[[Any], Any], allow_repeats: bool) -> list[Any]:
+    """Each record once. A repeat (at-least-once after kill -9) must be identical."""
+    first: dict[Any, Any] = {}
+    for r in records:
+        k = key(r)
+        if k in first:
+            assert allow_repeats, f"{k} was emitted twice"
+            assert r == first[k], f"{k} was emitted twice, differently"
+        first.setdefault(k, r)
+    return list(first.values())
+
+
+def check(
+    got_devices: list[Any],
+    got_districts: list[Any],
+    want: tuple[dict, dict],
+    allow_repeats: bool = False,
+) -> None:
     want_devices, want_districts = want
+    got_devices = once(got_devices, lambda r: (r["device_id"], r["window_start"]), allow_repeats)
+    got_districts = once(
+        got_districts, lambda r: (r["district"], r["kind"], r["window_start"]), allow_repeats
+    )
     keys = [(r["device_id"], r["window_start"]) for r in got_devices]
-    assert len(keys) == len(set(keys)), "a device window was emitted twice"
     assert set(keys) == set(want_devices)
     for r in got_devices:
         for name, stats in want_devices[(r["device_id"], r["window_start"])].items():
@@ -123,7 +144,6 @@ def check(got_devices: list[Any], got_districts: list[Any], want: tuple[dict, di
             if stats["last"] is not None:
                 assert got["last"] == stats["last"]
     dkeys = [(r["district"], r["kind"], r["window_start"]) for r in got_districts]
-    assert len(dkeys) == len(set(dkeys)), "a district window was emitted twice"
     assert set(dkeys) == set(want_districts)
     for r in got_districts:
         want = want_districts[(r["district"], r["kind"], r["window_start"])]
@@ -162,10 +182,10 @@ def trailing(devices: list[dict[str, Any]], base: int) -> list[dict[str, Any]]:
     ]
 
 
-# The restart variants (SIGTERM, kill -9 mid-window) are not in the suite yet: with
-# faust 0.15.3 a restarted worker sometimes resumes past input whose state was never
-# checkpointed (see the closing note of the windows issue); they stay here, runnable with
-# CITYSTREAMS_RESTART_TESTS=1, until that is fixed.
+# The restart variants (SIGTERM, kill -9 mid-window) are not in CI's run yet: kill -9
+# passes (nothing lost, repeats identical), but after SIGTERM a restarted worker still
+# misses about one reading in a run now and then (see the windows issue's closing note).
+# Run them with CITYSTREAMS_RESTART_TESTS=1.
 RESTARTS = [None] + (
     [signal.SIGTERM, signal.SIGKILL] if os.environ.get("CITYSTREAMS_RESTART_TESTS") else []
 )
@@ -219,8 +239,11 @@ async def test_windows_equal_an_independent_recomputation(
     finally:
         worker.terminate()
         worker.wait(30)
+    # kill -9 between a window's output and the state that records it re-emits that
+    # window, identical, after the restart (at-least-once); nothing may be lost.
     check(
         [orjson.loads(r.value) for r in got_devices],
         [orjson.loads(r.value) for r in got_districts],
         want,
+        allow_repeats=restart is signal.SIGKILL,
     )
