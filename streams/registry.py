@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from streams.validate import is_device_id, json_type
+
 logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = (
@@ -32,7 +34,6 @@ KINDS: tuple[str, ...] = (
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # fullmatch without anchors: with ``$`` a trailing newline would still match.
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 REQUIRED_FIELDS: tuple[str, ...] = ("device_id", "kind", "district", "site", "lat", "lon")
 OPTIONAL_FIELDS: tuple[str, ...] = ("parent", "heartbeat_s")
@@ -367,26 +368,6 @@ def _show(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def is_device_id(value: object) -> bool:
-    return isinstance(value, str) and _DEVICE_ID_RE.fullmatch(value) is not None
-
-
 def _number(value: object) -> int | float | None:
     """The value if it is a finite JSON number, else None."""
     # bool is an int subclass but ``true`` is no coordinate; ints are always finite (and
@@ -419,7 +400,7 @@ def check_device(obj: object) -> str | None:
     contract changes). All problems are reported, joined by ``; ``, on one line.
     """
     if not isinstance(obj, dict):
-        return f"expected a JSON object, got {_json_type(obj)}"
+        return f"expected a JSON object, got {json_type(obj)}"
     problems: list[str] = []
     missing = [name for name in REQUIRED_FIELDS if name not in obj]
     if missing:

@@ -101,7 +101,7 @@ def parse_message(value: bytes | None, now_ms: int, limits: Limits) -> Parsed:
         return Parsed([], [Reject(reason, text[:200], value)], False)
     if type(doc) is not dict:
         return Parsed(
-            [], [Reject(SCHEMA, f"expected a JSON object, got {_json_type(doc)}", value)], False
+            [], [Reject(SCHEMA, f"expected a JSON object, got {json_type(doc)}", value)], False
         )
     readings: list[Reading] = []
     rejects: list[Reject] = []
@@ -117,7 +117,7 @@ def parse_message(value: bytes | None, now_ms: int, limits: Limits) -> Parsed:
         detail = "both `readings` and `device_id`: batch or envelope?"
         return Parsed([], [Reject(SCHEMA, detail, value)], False)
     if type(batch) is not list:
-        detail = f"`readings` must be an array, got {_json_type(batch)}"
+        detail = f"`readings` must be an array, got {json_type(batch)}"
         return Parsed([], [Reject(SCHEMA, detail, value)], False)
     if not 1 <= len(batch) <= MAX_BATCH:
         detail = f"`readings` must hold 1 to {MAX_BATCH} envelopes, got {len(batch)}"
@@ -126,7 +126,7 @@ def parse_message(value: bytes | None, now_ms: int, limits: Limits) -> Parsed:
         if type(item) is not dict:
             result: Reading | tuple[str, str] = (
                 SCHEMA,
-                f"readings[{index}]: expected an object, got {_json_type(item)}",
+                f"readings[{index}]: expected an object, got {json_type(item)}",
             )
         else:
             result = check_envelope(item, now_ms, limits)
@@ -144,7 +144,7 @@ def check_envelope(doc: dict[str, Any], now_ms: int, limits: Limits) -> Reading 
     if type(device_id) is not str:
         if device_id is None:
             return SCHEMA, "missing `device_id`"
-        return SCHEMA, f"`device_id` must be a string, got {_json_type(device_id)}"
+        return SCHEMA, f"`device_id` must be a string, got {json_type(device_id)}"
     if _DEVICE_ID.fullmatch(device_id) is None:
         return SCHEMA, f"`device_id` {_show(device_id)} must be 1-64 of A-Z a-z 0-9 _ . : -"
 
@@ -168,7 +168,7 @@ def check_envelope(doc: dict[str, Any], now_ms: int, limits: Limits) -> Reading 
     if type(metrics) is not dict:
         if metrics is None:
             return SCHEMA, "missing `metrics`"
-        return SCHEMA, f"`metrics` must be an object, got {_json_type(metrics)}"
+        return SCHEMA, f"`metrics` must be an object, got {json_type(metrics)}"
     if not 1 <= len(metrics) <= MAX_METRICS:
         return SCHEMA, f"`metrics` must hold 1 to {MAX_METRICS} entries, got {len(metrics)}"
     values: dict[str, float] = {}
@@ -179,7 +179,7 @@ def check_envelope(doc: dict[str, Any], now_ms: int, limits: Limits) -> Reading 
         elif kind is int:
             value = float(raw)
         else:
-            return SCHEMA, f"metric {_show(name)} must be a number, got {_json_type(raw)}"
+            return SCHEMA, f"metric {_show(name)} must be a number, got {json_type(raw)}"
         if _METRIC_NAME.fullmatch(name) is None:
             return SCHEMA, f"metric name {_show(name)} must match [a-z][a-z0-9_]{{0,63}}"
         if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
@@ -213,10 +213,11 @@ def parse_ts(raw: object) -> int | str:
         return ms
     if raw is None:
         return "missing `ts`"
-    return f"`ts` must be epoch milliseconds (integer) or RFC 3339, got {_json_type(raw)}"
+    return f"`ts` must be epoch milliseconds (integer) or RFC 3339, got {json_type(raw)}"
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON type name of a parsed value, for error details."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -227,7 +228,14 @@ def _json_type(value: object) -> str:
         return "string"
     if isinstance(value, list):
         return "array"
-    return "object"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def is_device_id(value: object) -> bool:
+    """The contract's device id: 1 to 64 of ``A-Z a-z 0-9 _ . : -``."""
+    return isinstance(value, str) and _DEVICE_ID.fullmatch(value) is not None
 
 
 def _show(value: object) -> str:
