@@ -45,7 +45,6 @@ class DurableMap(Generic[V]):
         self.live: dict[str, V] = {}
         # key -> partition of the changelog it belongs to (the device's partition)
         self.dirty: dict[str, int] = {}
-        self.deleted: dict[str, int] = {}
 
     def _store(self) -> Any:
         return self.table.data
@@ -64,12 +63,6 @@ class DurableMap(Generic[V]):
     def set(self, key: str, value: V, partition: int) -> None:
         self.live[key] = value
         self.dirty[key] = partition
-        self.deleted.pop(key, None)
-
-    def delete(self, key: str, partition: int) -> None:
-        self.live.pop(key, None)
-        self.dirty.pop(key, None)
-        self.deleted[key] = partition
 
     def items(self) -> Iterator[tuple[str, V]]:
         """Every key this worker holds, decoded (loads the whole store: not a hot path)."""
@@ -87,22 +80,15 @@ class DurableMap(Generic[V]):
         data, key_partition = store.data, store._key_partition
         writes: list[Write] = []
         if keys is None:
-            dirty, deleted = self.dirty, self.deleted
-            self.dirty, self.deleted = {}, {}
+            dirty, self.dirty = self.dirty, {}
         else:
             dirty = {k: p for k in keys if (p := self.dirty.pop(k, None)) is not None}
-            deleted = {}
         for key, partition in dirty.items():
             raw_key = key.encode()
             raw = self.encode(self.live[key])
             data[raw_key] = raw
             key_partition[raw_key] = partition
             writes.append(Write(self.table, partition, raw_key, raw))
-        for key, partition in deleted.items():
-            raw_key = key.encode()
-            data.pop(raw_key, None)
-            key_partition.pop(raw_key, None)
-            writes.append(Write(self.table, partition, raw_key, None))
         return writes
 
     def forget(self) -> None:
