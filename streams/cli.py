@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -134,13 +135,9 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     if args.markdown:
         print(settings_table())
         return 0
-    for name, value in sorted(vars_of(settings).items()):
+    for name, value in sorted(dataclasses.asdict(settings).items()):
         print(f"{name} = {value}")
     return 0
-
-
-def vars_of(settings: Settings) -> dict[str, object]:
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 
 def build_parser() -> argparse.ArgumentParser:

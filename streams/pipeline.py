@@ -231,27 +231,26 @@ def build(
         out.clear()
 
     # --- agents ---------------------------------------------------------------------
-    @app.agent(raw_topic, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        """Validate raw telemetry; dead-letter the bad, forward foreign devices, window."""
+    async def ingest_events(
+        stream: faust.StreamT[bytes], stage: Callable[[bytes | None, Source, int, Outbox], None]
+    ) -> None:
         out = Outbox()
         async for event in _unacked_events(stream):
             msg = event.message
             src = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            ingest_stage.on_raw(msg.value, src, now_ms(), out)
+            stage(msg.value, src, now_ms(), out)
             await drain(out)
             pending.append(event)
+
+    @app.agent(raw_topic, name="ingest")
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        """Validate raw telemetry; dead-letter the bad, forward foreign devices, window."""
+        await ingest_events(stream, ingest_stage.on_raw)
 
     @app.agent(by_device_topic, name="ingest_forwarded")
     async def ingest_forwarded(stream: faust.StreamT[bytes]) -> None:
         """Readings of gateway batches, now on their device's partition."""
-        out = Outbox()
-        async for event in _unacked_events(stream):
-            msg = event.message
-            src = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            ingest_stage.on_forwarded(msg.value, src, now_ms(), out)
-            await drain(out)
-            pending.append(event)
+        await ingest_events(stream, ingest_stage.on_forwarded)
 
     @app.agent(by_district_topic, name="aggregate_districts")
     async def aggregate_districts(stream: faust.StreamT[bytes]) -> None:

@@ -246,10 +246,6 @@ class Settings:
 
     # --- derived values ------------------------------------------------------------
     @property
-    def broker_host(self) -> str:
-        return self.broker.rsplit(":", 1)[0]
-
-    @property
     def broker_port(self) -> int:
         host_port = self.broker.split(",")[0]
         try:

@@ -1,27 +1,15 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from streams.enrich import Registry
 
-AP = {
-    "device_id": "dui-mitte-gs017-ap1",
-    "kind": "wlan_ap",
-    "district": "Mitte",
-    "site": "gs017",
-    "lat": 51.43,
-    "lon": 6.76,
-    "heartbeat_s": 30,
-}
-AIR = {
-    "device_id": "dui-mitte-gs017-r12-air",
-    "kind": "classroom_air",
-    "district": "Mitte",
-    "site": "gs017",
-    "lat": 51.4325,
-    "lon": 6.7652,
-    "parent": "dui-mitte-gs017-ap1",
-}
+EXAMPLES = Path(__file__).parents[1] / "schemas" / "examples" / "valid" / "device"
+# The contract's classroom sensor, behind its school's access point.
+AIR = orjson.loads((EXAMPLES / "contract-example.json").read_bytes())
+AP = AIR | {"device_id": AIR["parent"], "kind": "wlan_ap", "parent": None, "heartbeat_s": 30}
 
 
 def put(registry: Registry, record: dict[str, object]) -> str | None:

@@ -310,14 +310,6 @@ class LocalKafka:
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def kill(self) -> None:
-        """kill -9, for fault tests: no clean shutdown."""
-        pid = self._read_pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.05)
-
 
 def _alive(pid: int) -> bool:
     try:
