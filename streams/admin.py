@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.settings import Settings
-from streams.topics import TopicSpec, topic_specs
+from streams.topics import COPARTITIONED, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,38 @@ async def ensure_topics(
                     raise AdminError(f"creating topic {name} failed: error {code} {rest}")
         if created:
             log.info("created topics: %s", ", ".join(created))
+        await _check_partitions(admin, settings, wanted)
         return created
     finally:
         await admin.close()
+
+
+async def _check_partitions(
+    admin: AIOKafkaAdminClient, settings: Settings, wanted: list[TopicSpec]
+) -> None:
+    """Input and state topics must have the configured partition count: partition p of
+    each holds the same devices (streams/routing.py), and one worker owns them all."""
+    counts = {
+        s.name: s.partitions
+        for s in wanted
+        if s.name.removeprefix(settings.topic_prefix) in COPARTITIONED
+    }
+    if not counts:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15.0
+    while counts:
+        for topic in await admin.describe_topics(list(counts)):
+            if topic.get("error_code", 0) != 0:
+                continue  # just created: the broker's metadata may lag a moment
+            have, want = len(topic.get("partitions") or []), counts.pop(topic["topic"])
+            if have != want:
+                raise AdminError(
+                    f"topic {topic['topic']} has {have} partitions but {want} are configured "
+                    f"(CITYSTREAMS_PARTITIONS): use a new CITYSTREAMS_TOPIC_PREFIX, or set "
+                    f"CITYSTREAMS_PARTITIONS={have} if that is the intended count"
+                )
+        if counts and loop.time() > deadline:
+            raise AdminError(f"topics not visible on {settings.broker}: {', '.join(counts)}")
+        if counts:
+            await asyncio.sleep(0.2)

@@ -25,7 +25,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.broker}",
-        # Tables live in memory and are rebuilt from their changelog topics.
+        # The pipeline has no faust tables (streams/state.py keeps its own changelogs).
         store="memory://",
         datadir=str(settings.worker_dir),
         topic_partitions=settings.partitions,

@@ -13,9 +13,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+import orjson
+
 from streams import __version__
 from streams.admin import AdminError, ensure_topics
 from streams.localkafka import KafkaError, LocalKafka
+from streams.rules import RulesError
 from streams.settings import Settings, SettingsError, settings_table
 
 log = logging.getLogger("citystreams")
@@ -125,9 +128,59 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     with open(args.file, "rb") as f:
         messages, unkeyed = telemetry_messages(f.read())
     topic = settings.topic_prefix + TELEMETRY_RAW
+    asyncio.run(ensure_topics(settings))
     count = asyncio.run(publish(settings, topic, messages))
     note = f" ({unkeyed} without a device_id key)" if unkeyed else ""
     print(f"sent {count} message(s) to {topic}{note}")
+    return 0
+
+
+def _alerts(args: argparse.Namespace, settings: Settings) -> int:
+    """Alert events as they happen, a line each."""
+    from streams.backtest import describe_alert
+    from streams.produce import follow
+    from streams.topics import ALERTS
+
+    async def tail() -> int:
+        shown = 0
+        async for value in follow(settings, settings.topic_prefix + ALERTS, args.from_beginning):
+            try:
+                line = describe_alert(orjson.loads(value))
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                line = f"(unreadable alert record: {value[:80]!r})"
+            print(line, flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                return 0
+        return 0
+
+    return asyncio.run(tail())
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from streams import registry as reg
+    from streams.backtest import backtest, report
+    from streams.enrich import Registry
+    from streams.produce import device_messages
+    from streams.rules import load_rules
+
+    ruleset = load_rules(Path(args.rules) if args.rules else None)
+    if args.registry:
+        with open(args.registry, "rb") as f:
+            data = f.read()
+        records, errors = reg.parse_registry(data, reg.format_from_path(args.registry))
+        for error in errors:
+            print(f"{args.registry}: {error}", file=sys.stderr)
+    else:  # the simulated city's fleet
+        records = reg.generate_fleet(seed=args.seed)
+    devices = Registry()
+    for key, value in device_messages(records):
+        devices.apply(key, value)
+    with open(args.input, "rb") as f:
+        result = backtest(ruleset, devices, f)
+    print(report(result))
     return 0
 
 
@@ -177,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file")
     send.set_defaults(func=_send)
 
+    alerts = sub.add_parser("alerts", help="follow the alerts topic in the terminal")
+    alerts.add_argument("action", choices=["tail"])
+    alerts.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest alert, not now"
+    )
+    alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
+    alerts.set_defaults(func=_alerts)
+
+    backtest = sub.add_parser(
+        "backtest", help="replay recorded telemetry through a rule set, offline"
+    )
+    backtest.add_argument("--rules", help="rules file (default: the shipped rules)")
+    backtest.add_argument("--input", required=True, help="JSON Lines of telemetry (as sent)")
+    backtest.add_argument(
+        "--registry", help="device records, JSON Lines or CSV (default: the simulated fleet)"
+    )
+    backtest.add_argument("--seed", type=int, default=1, help="seed of the simulated fleet")
+    backtest.set_defaults(func=_backtest)
+
     up = sub.add_parser("up", help="start Kafka, create the topics and run a worker")
     up.add_argument(
         "--keep-kafka", action="store_true", help="leave Kafka running when the worker stops"
@@ -203,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args, settings)
-    except (KafkaError, AdminError, SettingsError) as exc:
+    except (KafkaError, AdminError, SettingsError, RulesError) as exc:
         print(f"citystreams: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -88,6 +88,22 @@ class Metrics:
             registry=r,
         )
 
+        self.alerts = Counter(
+            f"{PREFIX}_alert_events_total",
+            "Alert events published on the alerts topic, by rule, severity and status "
+            "(rules come from the rules file: a bounded set).",
+            ["rule", "severity", "status"],
+            registry=r,
+        )
+        self.liveness_input_errors = Counter(
+            f"{PREFIX}_liveness_input_errors_total",
+            "Unreadable records on the internal liveness topic (ignored).",
+            registry=r,
+        )
+
+    def alert_event(self, rule: str, severity: str, status: str) -> None:
+        self.alerts.labels(rule, severity, status).inc()
+
     def deadletter(self, reason: str) -> None:
         child = self.deadletter_by_reason.get(reason)
         if child is None:  # a reason outside REASONS is a bug, but must not crash

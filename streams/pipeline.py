@@ -11,12 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.alerts import Alerting, AlertState, decode_alerts, encode_alerts
 from streams.districts import (
     DistrictOutbox,
     Districts,
@@ -24,7 +26,7 @@ from streams.districts import (
     district_message,
     encode_district,
 )
-from streams.enrich import Registry
+from streams.enrich import UNKNOWN_KIND, Registry
 from streams.ingest import (
     Ingest,
     Outbox,
@@ -33,15 +35,23 @@ from streams.ingest import (
     decode_device,
     encode_device,
 )
+from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
 from streams.metrics import Metrics, serve
 from streams.routing import device_partition, key_partition
+from streams.rules import RuleSet, load_rules
 from streams.settings import Settings
-from streams.state import DurableMap, Write
+from streams.state import DurableMap, load_partitions, read_to_end
 from streams.topics import (
+    ALERTS,
     DEADLETTER,
     DEVICES,
+    LIVENESS_BY_ROOT,
     METRICS_DEVICE,
     METRICS_DISTRICT,
+    STATE_ALERTS,
+    STATE_DEVICE,
+    STATE_DISTRICT,
+    STATE_LIVENESS,
     TELEMETRY_BY_DEVICE,
     TELEMETRY_ENRICHED,
     TELEMETRY_RAW,
@@ -71,11 +81,17 @@ class _CheckpointOnCommit(faust.Sensor):
 
 
 def build(
-    app: faust.App, settings: Settings, metrics: Metrics | None = None
+    app: faust.App,
+    settings: Settings,
+    metrics: Metrics | None = None,
+    ruleset: RuleSet | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """Register every stage of the pipeline on ``app``; returns what must run before
-    the worker starts (loading the device registry)."""
+    the worker starts (loading the device registry). Raises :class:`RulesError` for a
+    rules file that cannot be used."""
     metrics = metrics if metrics is not None else Metrics()
+    if ruleset is None:
+        ruleset = load_rules(Path(settings.rules) if settings.rules else None)
     prefix = settings.topic_prefix
     window_ms = settings.window_s * 1000
     district_ms = settings.district_window_s * 1000
@@ -89,19 +105,31 @@ def build(
     enriched_topic = app.topic(prefix + TELEMETRY_ENRICHED)
     device_windows_topic = app.topic(prefix + METRICS_DEVICE)
     district_windows_topic = app.topic(prefix + METRICS_DISTRICT)
+    alerts_topic = app.topic(prefix + ALERTS)
+    liveness_topic = app.topic(prefix + LIVENESS_BY_ROOT)
     devices_topic_name = prefix + DEVICES
 
-    # --- tables: per-device and per-district state, changelogged -----------------------
-    devices_table = app.Table(
-        "device-state", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    # --- state: per device and per district, on our own compacted changelogs -----------
+    # (not faust tables: see streams/state.py for why)
+    device_states: DurableMap[DeviceState] = DurableMap(
+        prefix + STATE_DEVICE, encode_device, decode_device, app.topic(prefix + STATE_DEVICE)
     )
-    districts_table = app.Table(
-        "district-state", partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
-    device_states: DurableMap[DeviceState] = DurableMap(devices_table, encode_device, decode_device)
     district_states: DurableMap[DistrictState] = DurableMap(
-        districts_table, encode_district, decode_district
+        prefix + STATE_DISTRICT,
+        encode_district,
+        decode_district,
+        app.topic(prefix + STATE_DISTRICT),
     )
+    alert_states: DurableMap[AlertState] = DurableMap(
+        prefix + STATE_ALERTS, encode_alerts, decode_alerts, app.topic(prefix + STATE_ALERTS)
+    )
+    families: DurableMap[Family] = DurableMap(
+        prefix + STATE_LIVENESS, encode_family, decode_family, app.topic(prefix + STATE_LIVENESS)
+    )
+    maps: list[DurableMap[Any]] = [device_states, district_states, alert_states, families]
+    # Set once the state of the current assignment is loaded; agents and timers wait.
+    ready = asyncio.Event()
+    owned_since = [0]  # wall time of the latest assignment (liveness counts from there)
     registry = Registry()
     follower = RegistryFollower(settings, devices_topic_name, registry, metrics)
 
@@ -120,6 +148,11 @@ def build(
         pass_unknown=settings.unknown_devices == "pass",
         emit_enriched=settings.emit_enriched,
     )
+    alerting = Alerting(ruleset, alert_states, settings.partitions)
+    liveness = Liveness(registry, ruleset.offline_k, ruleset.offline_severity)
+    # Devices heard since the last flush, by liveness partition: {device: (arrival, ts)}.
+    heard: dict[int, dict[str, tuple[int, int]]] = {}
+    family_partition: dict[str, int] = {}  # the families this worker owns
     district_stage = Districts(
         states=district_states,
         registry=registry,
@@ -135,41 +168,39 @@ def build(
     # and the state that contains it. Events are held in `pending` until a checkpoint
     # has written the state they changed; a message redelivered after a crash is then
     # recognised by the per-key input offsets in the state (DeviceState.applied).
+    #
+    # Outputs go before the state that records them (a closed window, a fired alert):
+    # a checkpoint waits for the outputs in flight, then writes the state. A crash in
+    # between emits them again after the restart, identical (windows: consumers
+    # de-duplicate on device_id + window_start; alerts: the same alert_id); the other
+    # order could lose them. Nothing on the per-message path waits for Kafka.
     pending: list[Any] = []
     inflight: list[Awaitable[Any]] = []
     checkpoint_lock = asyncio.Lock()
+    # Held while a stage changes state and queues its outputs, and while a checkpoint
+    # takes its snapshot: a snapshot never holds a change whose outputs are not queued.
+    step = asyncio.Lock()
 
     async def send(
         topic: Any, key: bytes | None, value: bytes, partition: int | None = None
     ) -> None:
         inflight.append(await topic.send(key=key, value=value, partition=partition))
 
-    async def write(keys_of: Callable[[], list[Write]]) -> None:
-        """Write state and wait for Kafka's ack: what follows may depend on it. Under
-        the checkpoint's lock, so an older encoding of a key can never land after a
-        newer one (the changelog's last record per key is what a restart restores)."""
-        async with checkpoint_lock:
-            futures = [
-                await w.table.changelog_topic.send(key=w.key, value=w.value, partition=w.partition)
-                for w in keys_of()
-            ]
-            if futures:
-                await asyncio.gather(*futures)
-
     async def checkpoint() -> None:
         async with checkpoint_lock:
-            # One instant: the events, the state they produced, the outputs in flight.
-            events = pending[:]
-            pending.clear()
-            writes = device_states.collect() + district_states.collect()
-            futures = inflight[:]
-            inflight.clear()
-            for w in writes:
-                futures.append(
-                    await w.table.changelog_topic.send(
-                        key=w.key, value=w.value, partition=w.partition
-                    )
-                )
+            async with step:  # one instant: events, the state they made, their outputs
+                events = pending[:]
+                pending.clear()
+                writes = [w for m in maps for w in m.collect()]
+                outputs = inflight[:]
+                inflight.clear()
+            if outputs:
+                await asyncio.gather(*outputs)
+            # Under checkpoint_lock: an older encoding of a key never lands after a newer
+            # one (the changelog's last record per key is what a restart restores).
+            futures = [
+                await w.sink.send(key=w.key, value=w.value, partition=w.partition) for w in writes
+            ]
             if futures:
                 await asyncio.gather(*futures)
             for event in events:
@@ -190,8 +221,25 @@ def build(
 
     app.sensors.add(_CheckpointOnCommit(start_checkpoint))
 
+    async def send_alerts(records: list[dict[str, Any]]) -> None:
+        for record in records:
+            await send(alerts_topic, record["device_id"].encode(), orjson.dumps(record))
+            metrics.alert_event(record["rule"], record["severity"], record["status"])
+
     async def drain(out: Outbox) -> None:
         """Send what a stage produced."""
+        if out.accepted:
+            # Rules run on each reading as it is accepted: an alert leaves with it.
+            fired: list[dict[str, Any]] = []
+            alerting.on_accepted(out.accepted, fired)
+            await send_alerts(fired)
+            if ruleset.offline_enabled:
+                now = now_ms()
+                for reading, device in out.accepted:
+                    if device.kind != UNKNOWN_KIND:
+                        root = root_of(registry, device.device_id)
+                        part = key_partition(root.encode(), settings.partitions)
+                        heard.setdefault(part, {})[device.device_id] = (now, reading.ts)
         for key, value in out.deadletters:
             await send(deadletter_topic, key, value)
         for partition, readings in out.forwards.items():
@@ -200,11 +248,6 @@ def build(
         for key, value in out.enriched:
             await send(enriched_topic, key, value)
         if out.closed:
-            # At-least-once: the windows go out (and are acknowledged) before the state
-            # that says they closed. A crash in between emits them again after the
-            # restart, identical (consumers de-duplicate on device_id + window_start, the
-            # district stage does so itself); the other order could lose them.
-            futures = []
             for device, _, window in out.closed:
                 start, aggs = window
                 record = device_window_record(
@@ -216,18 +259,11 @@ def build(
                     window_ms,
                     aggs,
                 )
-                futures.append(
-                    await device_windows_topic.send(
-                        key=device.device_id.encode(), value=orjson.dumps(record)
-                    )
-                )
+                await send(device_windows_topic, device.device_id.encode(), orjson.dumps(record))
                 metrics.windows_emitted_device.inc()
                 message = district_message(device, window, window_ms)
                 if message is not None:
-                    futures.append(await by_district_topic.send(key=message[0], value=message[1]))
-            await asyncio.gather(*futures)
-            closed_ids = [device.device_id for device, _, _ in out.closed]
-            await write(lambda: device_states.collect(closed_ids))
+                    await send(by_district_topic, message[0], message[1])
         out.clear()
 
     # --- agents ---------------------------------------------------------------------
@@ -236,10 +272,13 @@ def build(
     ) -> None:
         out = Outbox()
         async for event in _unacked_events(stream):
+            if not ready.is_set():
+                await ready.wait()
             msg = event.message
             src = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            stage(msg.value, src, now_ms(), out)
-            await drain(out)
+            async with step:
+                stage(msg.value, src, now_ms(), out)
+                await drain(out)
             pending.append(event)
 
     @app.agent(raw_topic, name="ingest")
@@ -256,32 +295,91 @@ def build(
     async def aggregate_districts(stream: faust.StreamT[bytes]) -> None:
         """Closed device windows into district windows (closed by the timer below)."""
         async for event in _unacked_events(stream):
+            if not ready.is_set():
+                await ready.wait()
             msg = event.message
             if msg.key is not None and msg.value is not None:
-                district_stage.on_device_window(
-                    msg.key, msg.value, msg.partition, msg.offset, now_ms()
-                )
+                async with step:
+                    district_stage.on_device_window(
+                        msg.key, msg.value, msg.partition, msg.offset, now_ms()
+                    )
             pending.append(event)
 
     # --- timers: windows close when input goes quiet -----------------------------------
     @app.timer(1.0)
     async def close_quiet_windows() -> None:
+        if not ready.is_set():
+            return  # a rebalance is under way
         # An exception in a faust timer stops the whole worker: log it and go on.
         try:
-            out = Outbox()
-            ingest_stage.tick(now_ms(), out)
-            await drain(out)
-            district_out = DistrictOutbox()
-            changed = district_stage.tick(now_ms(), district_out)
-            # Outputs first, then the state that says they were emitted (see drain).
-            futures = [
-                await district_windows_topic.send(key=key, value=value)
-                for key, value in district_out.records
-            ]
-            await asyncio.gather(*futures)
-            await write(lambda: district_states.collect(changed))
+            async with step:
+                out = Outbox()
+                ingest_stage.tick(now_ms(), out)
+                await drain(out)
+                district_out = DistrictOutbox()
+                district_stage.tick(now_ms(), district_out)
+                for key, value in district_out.records:
+                    await send(district_windows_topic, key, value)
         except Exception:
             log.exception("closing windows failed; retrying at the next tick")
+
+    # --- liveness: offline devices, correlated by their root (streams/liveness.py) -------
+    @app.timer(1.0)
+    async def flush_heard() -> None:
+        # "Heard" notes are batched per second and partition: one message per partition,
+        # not one per reading. A crash loses at most this second's notes, which only
+        # makes a device look silent a second longer.
+        if not heard:
+            return
+        batches = list(heard.items())
+        heard.clear()
+        try:
+            for part, seen in batches:
+                notes = [
+                    [root_of(registry, d), d, arrival, ts] for d, (arrival, ts) in seen.items()
+                ]
+                await send(liveness_topic, None, orjson.dumps(notes), part)
+        except Exception:
+            log.exception("sending liveness notes failed")
+
+    @app.agent(liveness_topic, name="watch_liveness")
+    async def watch_liveness(stream: faust.StreamT[bytes]) -> None:
+        """Devices heard, on their family's partition: ends their offline episodes."""
+        async for event in _unacked_events(stream):
+            if not ready.is_set():
+                await ready.wait()
+            msg = event.message
+            async with step:
+                fired: list[dict[str, Any]] = []
+                try:
+                    for root, device_id, arrival, ts in orjson.loads(msg.value):
+                        family = families.get(root)
+                        if family is None:
+                            family = Family()
+                        liveness.heard(family, device_id, int(arrival), int(ts), fired)
+                        families.set(root, family, msg.partition)
+                        family_partition[root] = msg.partition
+                except Exception:  # internal topic, but input all the same: never crash
+                    metrics.liveness_input_errors.inc()
+                    log.warning("unreadable liveness notes at %d@%d", msg.partition, msg.offset)
+                await send_alerts(fired)
+            pending.append(event)
+
+    @app.timer(1.0)
+    async def detect_offline() -> None:
+        if not ready.is_set() or not ruleset.offline_enabled:
+            return
+        try:
+            async with step:
+                now = now_ms()
+                fired: list[dict[str, Any]] = []
+                for root, part in list(family_partition.items()):
+                    family = families.get(root)
+                    if family is not None and liveness.tick(family, now, owned_since[0], fired):
+                        families.set(root, family, part)
+                await send_alerts(fired)
+        except Exception:
+            log.exception("offline detection failed; retrying at the next tick")
 
     @app.timer(settings.state_flush_ms / 1000.0)
     async def checkpoint_state() -> None:
@@ -293,26 +391,56 @@ def build(
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
-        # Whatever changed is written before another worker may take the partitions;
-        # the decoded copies are dropped, since the store is the truth after a rebalance.
+        # Whatever changed is written before another worker may take the partitions.
+        # (faust has stopped the flow and waited for every event in progress.)
+        ready.clear()
         await checkpoint()
-        device_states.forget()
-        district_states.forget()
         ingest_stage.active.clear()
         district_stage.active.clear()
 
-    @devices_table.on_recover
-    async def on_devices_recovered() -> None:
-        # Restored state has open windows that the idle timer must visit.
+    device_inputs = {prefix + TELEMETRY_RAW, prefix + TELEMETRY_BY_DEVICE}
+    district_inputs = {prefix + WINDOWS_BY_DISTRICT}
+    liveness_topic_name = prefix + LIVENESS_BY_ROOT
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        # The state of exactly the assigned partitions, read from the changelogs, before
+        # any agent or timer touches it: state partition p belongs to input partition p.
+        ready.clear()
+        await checkpoint()
+        owned_devices = {tp.partition for tp in assigned if tp.topic in device_inputs}
+        owned_districts = {tp.partition for tp in assigned if tp.topic in district_inputs}
+        owned_families = {tp.partition for tp in assigned if tp.topic == liveness_topic_name}
+        owned = [owned_devices, owned_districts, owned_devices, owned_families]
+        loaded = await asyncio.gather(
+            *(
+                load_partitions(settings.broker, m.topic, p)
+                for m, p in zip(maps, owned, strict=True)
+            )
+        )
+        for m, records in zip(maps, loaded, strict=True):
+            m.replace(records)
+        family_partition.clear()
+        for root in list(families.stored):
+            family_partition[root.decode()] = families.partition_of[root]
+        owned_since[0] = now_ms()
+        # Open windows in the loaded state are what the idle timer must visit.
+        ingest_stage.active.clear()
+        district_stage.active.clear()
         for key, state in device_states.items():
             if state.open:
                 ingest_stage.active[key] = device_partition(key, settings.partitions)
-
-    @districts_table.on_recover
-    async def on_districts_recovered() -> None:
         for key, dstate in district_states.items():
             if dstate.open:
                 district_stage.active[key] = key_partition(key.encode(), settings.partitions)
+        log.info(
+            "state loaded: %d devices (partitions %s), %d districts (partitions %s)",
+            len(device_states),
+            sorted(owned_devices),
+            len(district_states),
+            sorted(owned_districts),
+        )
+        ready.set()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
@@ -382,14 +510,8 @@ class RegistryFollower:
                     await asyncio.sleep(0.2)
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
             self.positions = {tp: 0 for tp in tps}
-            # Compaction can leave the end offset past the last record: compare positions.
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-                for tp, records in batch.items():
-                    self._apply(tp, records)
+            await read_to_end(consumer, tps, self._apply)
             for tp in tps:
                 self.positions[tp] = await consumer.position(tp)
         finally:

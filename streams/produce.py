@@ -1,12 +1,13 @@
-"""Publishing from the command line: device records and telemetry files."""
+"""Publishing and following from the command line: device records, telemetry files,
+alerts."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.settings import Settings
 
@@ -68,3 +69,23 @@ async def publish(
     finally:
         await producer.stop()
     return count
+
+
+async def follow(
+    settings: Settings, topic: str, from_beginning: bool = False
+) -> AsyncIterator[bytes]:
+    """The values of ``topic`` as they arrive (a consumer of no group: nothing committed)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.broker,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        async for record in consumer:
+            if record.value is not None:
+                yield record.value
+    finally:
+        await consumer.stop()

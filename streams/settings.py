@@ -218,6 +218,13 @@ class Settings:
         _positive_float,
     )
 
+    rules: str = _setting(
+        "RULES",
+        "",
+        "Alert rules file (TOML) that replaces the shipped streams/default_rules.toml; "
+        "empty: the shipped rules. A file that cannot be used stops the worker at start.",
+    )
+
     def __post_init__(self) -> None:
         if self.district_window_s % self.window_s:
             raise SettingsError(

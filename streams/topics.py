@@ -32,12 +32,37 @@ TELEMETRY_ENRICHED = "telemetry.enriched"
 TELEMETRY_BY_DEVICE = "telemetry.bydevice"
 # Internal: closed device windows, keyed by (district, kind), for the district stage.
 WINDOWS_BY_DISTRICT = "windows.bydistrict"
+# Internal, compacted: per-device and per-district window state (streams/state.py).
+STATE_DEVICE = "state.device"
+STATE_DISTRICT = "state.district"
+STATE_ALERTS = "state.alerts"
+# Internal: "device D was heard", keyed by the root of D's parent chain (streams/liveness.py).
+LIVENESS_BY_ROOT = "liveness.byroot"
+STATE_LIVENESS = "state.liveness"
 
 ALL_TOPICS: tuple[str, ...] = (
     *CONTRACT_TOPICS,
     TELEMETRY_ENRICHED,
     TELEMETRY_BY_DEVICE,
     WINDOWS_BY_DISTRICT,
+    STATE_DEVICE,
+    STATE_DISTRICT,
+    STATE_ALERTS,
+    LIVENESS_BY_ROOT,
+    STATE_LIVENESS,
+)
+
+COMPACTED: tuple[str, ...] = (DEVICES, STATE_DEVICE, STATE_DISTRICT, STATE_ALERTS, STATE_LIVENESS)
+# Partition p of each of these holds the same keys' data: one count for all of them.
+COPARTITIONED: tuple[str, ...] = (
+    TELEMETRY_RAW,
+    TELEMETRY_BY_DEVICE,
+    WINDOWS_BY_DISTRICT,
+    STATE_DEVICE,
+    STATE_DISTRICT,
+    STATE_ALERTS,
+    LIVENESS_BY_ROOT,
+    STATE_LIVENESS,
 )
 
 
@@ -53,16 +78,18 @@ def topic_name(prefix: str, base: str) -> str:
 
 
 def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
-    """What ``citystreams topics create`` makes: every topic, ``devices`` compacted.
+    """What ``citystreams topics create`` makes: every topic; ``devices`` and the state
+    topics compacted.
 
     ``devices`` is small and read whole by every worker, so it keeps the same partition
     count only for uniformity; compaction keeps the newest record per device and drops
-    a tombstoned device's history.
+    a tombstoned device's history. A state topic's partition p holds the state of input
+    partition p, so it must have the same count.
     """
     specs = []
     for base in ALL_TOPICS:
         config: dict[str, str] = {}
-        if base == DEVICES:
+        if base in COMPACTED:
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
         specs.append(TopicSpec(topic_name(prefix, base), partitions, config))
     return specs

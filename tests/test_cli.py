@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,69 @@ def test_registry_load_refuses_a_bad_file_with_line_numbers(
     assert result.returncode == 1
     assert "line 1" in result.stderr and "line 2" in result.stderr
     assert "nothing published" in result.stderr
+
+
+RECORDINGS = ROOT / "schemas" / "examples" / "recordings"
+
+
+def test_backtest_lists_the_episodes_a_rule_set_would_raise(
+    settings: Settings, tmp_path: Path
+) -> None:
+    args = ["backtest", "--input", str(RECORDINGS / "classroom-co2.jsonl")]
+    args += ["--registry", str(RECORDINGS / "classroom-devices.jsonl")]
+    result = cli(settings, *args)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # CO2 above 1000 ppm from 12:03, above 2000 from 12:09, down at 12:16: one episode,
+    # escalated to critical, resolved at 12:17 after a minute below the clear levels.
+    assert lines[1].split()[:5] == [
+        "2026-11-27",
+        "12:03:00",
+        "14m00s",
+        "critical",
+        "classroom_co2_high+classroom_co2_critical",
+    ]
+    assert lines[-1].startswith("1 episode(s) from 60 reading(s)")
+    # A stricter rule set (750 ppm for 1 min) raises it from the first reading (800 ppm):
+    # the change can be judged before it is deployed.
+    strict = tmp_path / "strict.toml"
+    strict.write_text(
+        (ROOT / "streams" / "default_rules.toml")
+        .read_text()
+        .replace(
+            'threshold = 1000.0\nclear = 900.0\nfor = "5m"',
+            'threshold = 750.0\nclear = 700.0\nfor = "1m"',
+        )
+    )
+    result = cli(settings, *args, "--rules", str(strict))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[1:3] == ["12:00:00", "17m00s"]
+
+
+def test_a_bad_rules_file_stops_the_worker_with_line_and_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    bad = tmp_path / "rules.toml"
+    bad.write_text('[[rule]]\nname = "x"\nkind = "classroom_air"\n\n[[rule]]\nname = "y"\n')
+    env_settings = dataclasses.replace(settings, rules=str(bad))
+    result = cli(env_settings, "worker")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"citystreams: {bad}:1 (x): metric is required"
+
+
+async def test_alerts_tail_shows_alerts_as_they_happen(settings: Settings) -> None:
+    from streams.admin import ensure_topics
+    from streams.topics import ALERTS
+    from tests.kafkautil import produce_messages
+
+    await ensure_topics(settings)
+    record = orjson.loads(
+        (ROOT / "schemas/examples/valid/alert/contract-example-firing.json").read_bytes()
+    )
+    await produce_messages(
+        settings.broker, settings.topic_prefix + ALERTS, [(b"k", orjson.dumps(record))]
+    )
+    result = cli(settings, "alerts", "tail", "--from-beginning", "--count", "1")
+    assert result.returncode == 0, result.stderr
+    assert "FIRING" in result.stdout and record["rule"] in result.stdout
+    assert record["summary"] in result.stdout and record["alert_id"] in result.stdout

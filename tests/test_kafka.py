@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.admin import ensure_topics
+from streams.admin import AdminError, ensure_topics
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
-from streams.topics import ALL_TOPICS, TopicSpec
+from streams.topics import ALL_TOPICS, TELEMETRY_RAW, TopicSpec
 from tests.apps.echo import ECHO_IN, ECHO_OUT
 from tests.conftest import ROOT, free_port, spawn
 from tests.kafkautil import consume, produce
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.kafka
 
 async def test_produce_consume_round_trip(settings: Settings) -> None:
     topic = settings.topic_prefix + "roundtrip"
+    await ensure_topics(settings, [TopicSpec(topic, settings.partitions, {})])
     sent = [f"reading-{i}".encode() for i in range(100)]
     await produce(settings.broker, topic, sent)
     got = await consume(settings.broker, topic, len(sent))
@@ -33,6 +34,14 @@ async def test_topics_create_is_idempotent_and_compacts_devices(settings: Settin
     again = await ensure_topics(settings)
     assert sorted(first) == sorted(settings.topic_prefix + t for t in ALL_TOPICS)
     assert again == []
+
+
+async def test_topics_with_another_partition_count_are_refused(settings: Settings) -> None:
+    # Partition p of telemetry.raw and of the state topics must hold the same devices.
+    raw = settings.topic_prefix + TELEMETRY_RAW
+    await ensure_topics(settings, [TopicSpec(raw, settings.partitions + 1, {})])
+    with pytest.raises(AdminError, match=f"{raw} has {settings.partitions + 1} partitions"):
+        await ensure_topics(settings)
 
 
 async def test_faust_agent_reads_one_topic_and_writes_another(
@@ -84,6 +93,8 @@ async def test_stop_and_start_keeps_messages(tmp_path: Path, kafka_cache: Path) 
     kafka.start()
     try:
         assert kafka.status().running
+        here = Settings.from_env({}, broker=kafka.bootstrap)
+        await ensure_topics(here, [TopicSpec("kept", 1, {})])
         await produce(kafka.bootstrap, "kept", [b"before restart"])
         assert kafka.stop()
         assert not kafka.status().running

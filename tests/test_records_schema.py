@@ -89,3 +89,39 @@ def test_valid_telemetry_examples_are_accepted_and_enrich_to_the_schema(path: Pa
     for reading in parsed.readings:
         device = DEVICE._replace(device_id=reading.device_id)
         assert errors("telemetry-enriched", enriched_record(reading, device)) == []
+
+
+def test_alert_events_of_rules_and_of_liveness_match_the_alert_schema() -> None:
+    from streams.alerts import AlertState, evaluate
+    from streams.enrich import Registry
+    from streams.liveness import Family, Liveness
+    from streams.rules import load_rules
+
+    rules = load_rules().for_kind("classroom_air")
+    state, events = AlertState(), []
+    for minute in range(12):
+        co2 = 2500.0 if minute < 7 else 500.0
+        evaluate(state, rules, DEVICE, NOW + minute * 60_000, {"co2_ppm": co2}, events)
+    assert [e["status"] for e in events] == ["firing", "resolved"]
+    registry = Registry()
+    registry.apply(
+        b"ap",
+        orjson.dumps(
+            {
+                "device_id": "ap",
+                "kind": "wlan_ap",
+                "district": "D",
+                "site": "s",
+                "lat": 51.0,
+                "lon": 6.0,
+                "heartbeat_s": 1,
+            }
+        ),
+    )
+    live, family = Liveness(registry), Family()
+    live.heard(family, "ap", NOW, NOW, events)
+    live.tick(family, NOW + 5000, 0, events)
+    live.heard(family, "ap", NOW + 9000, NOW + 9000, events)
+    assert [e["status"] for e in events[2:]] == ["firing", "resolved"]
+    for event in events:
+        assert errors("alert", orjson.dumps(event)) == [], event

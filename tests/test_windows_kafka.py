@@ -4,7 +4,6 @@ in the test, also across a worker restart (SIGTERM and kill -9) in the middle of
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.admin import ensure_topics
 from streams.produce import device_messages
 from streams.registry import generate_fleet
 from streams.settings import Settings
@@ -182,13 +182,7 @@ def trailing(devices: list[dict[str, Any]], base: int) -> list[dict[str, Any]]:
     ]
 
 
-# The restart variants (SIGTERM, kill -9 mid-window) are not in CI's run yet: kill -9
-# passes (nothing lost, repeats identical), but after SIGTERM a restarted worker still
-# misses about one reading in a run now and then (see the windows issue's closing note).
-# Run them with CITYSTREAMS_RESTART_TESTS=1.
-RESTARTS = [None] + (
-    [signal.SIGTERM, signal.SIGKILL] if os.environ.get("CITYSTREAMS_RESTART_TESTS") else []
-)
+RESTARTS = [None, signal.SIGTERM, signal.SIGKILL]
 
 
 @pytest.mark.parametrize("restart", RESTARTS, ids=lambda r: "steady" if r is None else r.name)
@@ -202,6 +196,7 @@ async def test_windows_equal_an_independent_recomputation(
     sent = readings(devices, base, seed=5)
     sent.sort(key=lambda r: r["ts"])  # roughly the order devices would send them in
     messages = [(r["device_id"].encode(), orjson.dumps(r)) for r in sent + trailing(devices, base)]
+    await ensure_topics(settings)  # as `citystreams topics create` does before a city sends
     await produce_messages(
         settings.broker, settings.topic_prefix + "devices", device_messages(devices)
     )
@@ -247,3 +242,42 @@ async def test_windows_equal_an_independent_recomputation(
         want,
         allow_repeats=restart is signal.SIGKILL,
     )
+
+
+async def test_windows_close_when_input_goes_quiet(settings: Settings, tmp_path: Path) -> None:
+    # No reading ever passes the windows' ends: only the wall-clock idle timer can close
+    # them (window end + grace passed, and the device silent for window_idle_s).
+    settings = replace(settings, window_s=5, district_window_s=10, grace_s=1.0, window_idle_s=2.0)
+    devices = fleet()[:6]
+    await ensure_topics(settings)
+    await produce_messages(
+        settings.broker, settings.topic_prefix + "devices", device_messages(devices)
+    )
+    log = tmp_path / "worker.log"
+    worker = spawn(settings, "streams", "worker", log=log)
+    try:
+        now = time.time_ns() // 1_000_000
+        sent = [
+            {"device_id": d["device_id"], "ts": now - 100 * i, "metrics": {"value": float(i)}}
+            for d in devices
+            for i in range(3)
+        ]
+        await produce_messages(
+            settings.broker,
+            settings.topic_prefix + TELEMETRY_RAW,
+            [(r["device_id"].encode(), orjson.dumps(r)) for r in sent],
+        )
+        got = await consume_records(
+            settings.broker, settings.topic_prefix + METRICS_DEVICE, 100, 30, settle=2
+        )
+        assert worker.poll() is None, log.read_text()[-3000:]
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    windows = [orjson.loads(r.value) for r in got]
+    counts = defaultdict(int)
+    for r in sent:
+        counts[(r["device_id"], r["ts"] - r["ts"] % 5000)] += 1
+    assert {
+        (w["device_id"], w["window_start"]): w["metrics"]["value"]["count"] for w in windows
+    } == counts

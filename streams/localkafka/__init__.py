@@ -180,7 +180,9 @@ class LocalKafka:
             "num.partitions": str(self.settings.partitions),
             # Tests and the demo start consumers right away; the 3 s default only delays them.
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "true",
+            # A producer that writes before `topics create` would otherwise create the
+            # topic with the broker's defaults (partitions, no compaction) unnoticed.
+            "auto.create.topics.enable": "false",
             "log.retention.hours": "168",
             "log.segment.bytes": str(64 * 1024 * 1024),
             # A worker is allowed to crash: its session ends after at most this long.

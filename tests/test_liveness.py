@@ -1,0 +1,121 @@
+"""Offline detection and correlation with explicit wall times. k = 3; an access point
+and its sensors report every 60 s (heartbeat_s), so each has a 180 s limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.enrich import Registry
+from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
+
+T = 1_795_780_800_000
+
+
+def at(seconds: float) -> int:
+    return T + int(seconds * 1000)
+
+
+def registry(sensors: int = 20, heartbeat: float | None = 60) -> Registry:
+    reg = Registry()
+    ap = {
+        "device_id": "ap",
+        "kind": "wlan_ap",
+        "district": "Mitte",
+        "site": "gs017",
+        "lat": 51.4,
+        "lon": 6.7,
+    }
+    reg.apply(b"ap", orjson.dumps(ap | {"heartbeat_s": 60}))
+    assert len(reg) == 1
+    for i in range(sensors):
+        doc = ap | {"device_id": f"s{i}", "kind": "classroom_air", "parent": "ap"}
+        if heartbeat is not None:
+            doc["heartbeat_s"] = heartbeat
+        assert reg.apply(f"s{i}".encode(), orjson.dumps(doc)) is None
+    return reg
+
+
+def hear(live: Liveness, family: Family, second: float, *devices: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for d in devices:
+        live.heard(family, d, at(second), at(second), out)
+    return out
+
+
+def tick(
+    live: Liveness, family: Family, second: float, owned: float = -1000
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    live.tick(family, at(second), at(owned), out)
+    return out
+
+
+def test_an_access_point_silent_with_its_sensors_is_one_alert() -> None:
+    reg = registry()
+    live, family = Liveness(reg), Family()
+    sensors = [f"s{i}" for i in range(20)]
+    hear(live, family, 0, "ap", *sensors)
+    hear(live, family, 1, *sensors)  # the sensors' last words, just after the AP's
+    assert tick(live, family, 180) == []  # not yet past 3 x 60 s
+    fired = tick(live, family, 181)  # the AP's limit passed: one alert, 20 affected
+    assert [(e["device_id"], e["status"], e["affected_children"]) for e in fired] == [
+        ("ap", "firing", 20)
+    ]
+    assert tick(live, family, 190) == []  # sensors past their limits: covered, silent
+    resolved = hear(live, family, 300, "ap")
+    assert [(e["device_id"], e["status"]) for e in resolved] == [("ap", "resolved")]
+    assert resolved[0]["alert_id"] == fired[0]["alert_id"]
+    # The AP is back but its sensors are not: now each is offline on its own.
+    assert len(tick(live, family, 301)) == 20
+
+
+def test_a_sensor_silent_alone_fires_on_its_own() -> None:
+    reg = registry(sensors=2)
+    live, family = Liveness(reg), Family()
+    hear(live, family, 0, "ap", "s0", "s1")
+    for second in range(60, 241, 60):
+        hear(live, family, second, "ap", "s1")  # s0 stopped at 0
+    fired = tick(live, family, 181)
+    assert [(e["device_id"], e["rule"], e["status"]) for e in fired] == [
+        ("s0", "device_offline", "firing")
+    ]
+    assert "affected_children" not in fired[0] or fired[0]["affected_children"] == 0
+    assert tick(live, family, 200) == []  # one episode, fired once
+    assert [e["status"] for e in hear(live, family, 250, "s0")] == ["resolved"]
+
+
+def test_a_sensor_waits_for_its_suspect_parents_verdict() -> None:
+    reg = registry(sensors=1)
+    live, family = Liveness(reg), Family()
+    hear(live, family, 0, "s0")
+    hear(live, family, 30, "ap")  # the AP went quiet 30 s after the sensor
+    assert tick(live, family, 185) == []  # s0 past its limit, the AP only suspect: wait
+    fired = tick(live, family, 211)  # the AP's verdict: offline; the sensor is covered
+    assert [(e["device_id"], e["affected_children"]) for e in fired] == [("ap", 1)]
+
+
+def test_cadence_is_learned_without_a_heartbeat() -> None:
+    reg = registry(sensors=1, heartbeat=None)
+    live, family = Liveness(reg), Family()
+    for second in (0, 10, 20, 30):  # three gaps of 10 s: limit 30 s
+        hear(live, family, second, "ap", "s0")
+    hear(live, family, 60, "ap")
+    assert tick(live, family, 60) == []
+    assert [e["device_id"] for e in tick(live, family, 61)] == ["s0"]
+
+
+def test_a_new_owner_counts_silence_from_its_takeover() -> None:
+    reg = registry(sensors=0)
+    live, family = Liveness(reg), Family()
+    hear(live, family, 0, "ap")
+    state = decode_family(encode_family(family))  # what a worker taking over loads
+    assert tick(live, state, 500, owned=400) == []  # silent 500 s, but owned for 100 s
+    assert len(tick(live, state, 581, owned=400)) == 1
+
+
+def test_the_root_is_the_top_of_the_parent_chain() -> None:
+    reg = registry(sensors=1)
+    assert root_of(reg, "s0") == "ap" and root_of(reg, "ap") == "ap"
+    assert root_of(reg, "not-registered") == "not-registered"
