@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +223,10 @@ def _holds(rule: Rule, active: bool, x: float) -> bool:
     return abs(x) > level  # outside
 
 
+NO_CONTEXT: Mapping[str, Mapping[str, float]] = {}
+NO_VALUES: Mapping[str, float] = {}
+
+
 def evaluate(
     state: AlertState,
     rules: tuple[Rule, ...],
@@ -229,9 +234,11 @@ def evaluate(
     ts: int,
     metrics: dict[str, float],
     out: list[dict[str, Any]],
+    latest: Mapping[str, Mapping[str, float]] = NO_CONTEXT,
 ) -> bool:
     """Run ``rules`` on one reading; append alert events to ``out``. Returns whether
-    ``state`` changed (and must be written)."""
+    ``state`` changed (and must be written). ``latest`` holds other devices' latest
+    values of occupancy metrics (for rules with an ``occupancy`` condition)."""
     changed = False
     groups: list[str] = []
     for rule in rules:
@@ -256,6 +263,10 @@ def evaluate(
         holding = _holds(rule, rs.active, x)
         if holding and rule.schedule is not None and not rule.schedule.contains(ts):
             holding = False
+        if holding and rule.occupancy is not None and device.parent:
+            level = latest.get(device.parent, NO_VALUES).get(rule.occupancy[0])
+            if level is not None and level < rule.occupancy[1]:
+                holding = False  # the room is empty (unknown counts as occupied)
         was = rs.active
         if holding:
             rs.clear_since = -1
@@ -340,10 +351,17 @@ class Alerting:
 
     ``states`` is per device, kept with the device's partition (like its windows)."""
 
-    def __init__(self, ruleset: RuleSet, states: StateStore[AlertState], partitions: int) -> None:
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        states: StateStore[AlertState],
+        partitions: int,
+        latest: Mapping[str, Mapping[str, float]] = NO_CONTEXT,
+    ) -> None:
         self.ruleset = ruleset
         self.states = states
         self.partitions = partitions
+        self.latest = latest  # occupancy metrics per device, from every partition
 
     def on_accepted(
         self, accepted: list[tuple[Reading, Device]], out: list[dict[str, Any]]
@@ -356,7 +374,7 @@ class Alerting:
             state = self.states.get(device.device_id)
             if state is None:
                 state = AlertState()
-            if evaluate(state, rules, device, reading.ts, reading.metrics, out):
+            if evaluate(state, rules, device, reading.ts, reading.metrics, out, self.latest):
                 self.states.set(
                     device.device_id, state, device_partition(device.device_id, self.partitions)
                 )

@@ -48,6 +48,7 @@ from streams.topics import (
     LIVENESS_BY_ROOT,
     METRICS_DEVICE,
     METRICS_DISTRICT,
+    OCCUPANCY,
     STATE_ALERTS,
     STATE_DEVICE,
     STATE_DISTRICT,
@@ -107,6 +108,7 @@ def build(
     district_windows_topic = app.topic(prefix + METRICS_DISTRICT)
     alerts_topic = app.topic(prefix + ALERTS)
     liveness_topic = app.topic(prefix + LIVENESS_BY_ROOT)
+    occupancy_topic = app.topic(prefix + OCCUPANCY)
     devices_topic_name = prefix + DEVICES
 
     # --- state: per device and per district, on our own compacted changelogs -----------
@@ -131,7 +133,22 @@ def build(
     ready = asyncio.Event()
     owned_since = [0]  # wall time of the latest assignment (liveness counts from there)
     registry = Registry()
-    follower = RegistryFollower(settings, devices_topic_name, registry, metrics)
+    follower = Follower(
+        settings,
+        devices_topic_name,
+        registry.apply,
+        on_error=metrics.registry_errors.inc,
+        after=lambda: metrics.registry_devices.set(len(registry)),
+    )
+    # Other devices' latest occupancy values (a classroom's access point's clients), from
+    # every partition: what rules with an `occupancy` condition read.
+    latest: dict[str, dict[str, float]] = {}
+    occupancy_metrics = ruleset.occupancy_metrics
+    occupancy_follower = Follower(
+        settings,
+        prefix + OCCUPANCY,
+        lambda key, value: _apply_latest(latest, key, value),
+    )
 
     # --- stages (pure; see streams/ingest.py and streams/districts.py) -------------------
     ingest_stage = Ingest(
@@ -148,7 +165,7 @@ def build(
         pass_unknown=settings.unknown_devices == "pass",
         emit_enriched=settings.emit_enriched,
     )
-    alerting = Alerting(ruleset, alert_states, settings.partitions)
+    alerting = Alerting(ruleset, alert_states, settings.partitions, latest)
     liveness = Liveness(registry, ruleset.offline_k, ruleset.offline_severity)
     # Devices heard since the last flush, by liveness partition: {device: (arrival, ts)}.
     heard: dict[int, dict[str, tuple[int, int]]] = {}
@@ -233,6 +250,15 @@ def build(
             fired: list[dict[str, Any]] = []
             alerting.on_accepted(out.accepted, fired)
             await send_alerts(fired)
+            if occupancy_metrics:
+                for reading, _ in out.accepted:
+                    values = {
+                        m: v for m in occupancy_metrics if (v := reading.metrics.get(m)) is not None
+                    }
+                    if values:
+                        await send(
+                            occupancy_topic, reading.device_id.encode(), orjson.dumps(values)
+                        )
             if ruleset.offline_enabled:
                 now = now_ms()
                 for reading, device in out.accepted:
@@ -452,10 +478,43 @@ def build(
         await follower.follow()
 
     @app.task
+    async def follow_occupancy() -> None:
+        if occupancy_metrics:
+            await occupancy_follower.load()
+            await occupancy_follower.follow()
+
+    @app.task
     async def serve_metrics() -> None:
         serve(metrics, settings.bind, settings.metrics_port)
 
-    return follower.load
+    async def prepare() -> None:
+        await follower.load()
+        log.info("registry loaded: %d devices", len(registry))
+
+    return prepare
+
+
+def _apply_latest(
+    latest: dict[str, dict[str, float]], key: bytes | None, value: bytes | None
+) -> str | None:
+    """One record of the occupancy topic: a device's latest occupancy values."""
+    if key is None:
+        return "no key"
+    if value is None:
+        latest.pop(key.decode(errors="replace"), None)
+        return None
+    try:
+        doc = orjson.loads(value)
+        latest[key.decode()] = {str(k): float(v) for k, v in doc.items()}
+    except (
+        orjson.JSONDecodeError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        UnicodeDecodeError,
+    ) as exc:
+        return f"unreadable: {exc!r}"
+    return None
 
 
 def _unacked_events(stream: faust.StreamT[bytes]) -> AsyncIterator[Any]:
@@ -464,20 +523,29 @@ def _unacked_events(stream: faust.StreamT[bytes]) -> AsyncIterator[Any]:
     return events
 
 
-class RegistryFollower:
-    """The compacted ``devices`` topic, read whole by every worker, then followed.
+class Follower:
+    """A compacted topic, read whole by every worker, then followed.
 
     A consumer without a group, assigned every partition: each worker needs every
-    device, and nothing about this topic should be committed. :meth:`load` reads it to
-    the end *before* the worker joins its group, so telemetry never waits on (or is
-    dead-lettered for) a registry still loading; :meth:`follow` applies what comes later.
+    record, and nothing about this topic should be committed. :meth:`load` reads it to
+    the end *before* the worker joins its group (telemetry never waits on, or is
+    dead-lettered for, a registry still loading); :meth:`follow` applies what comes
+    later. ``apply`` takes one record and returns a problem to log, or None.
     """
 
-    def __init__(self, settings: Settings, topic: str, registry: Registry, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        apply: Callable[[bytes | None, bytes | None], str | None],
+        on_error: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ):
         self.settings = settings
         self.topic = topic
-        self.registry = registry
-        self.metrics = metrics
+        self.apply = apply
+        self.on_error = on_error
+        self.after = after
         self.positions: dict[TopicPartition, int] = {}
 
     def _consumer(self) -> AIOKafkaConsumer:
@@ -490,13 +558,17 @@ class RegistryFollower:
 
     def _apply(self, tp: TopicPartition, records: list[Any]) -> None:
         for record in records:
-            problem = self.registry.apply(record.key, record.value)
+            problem = self.apply(record.key, record.value)
             if problem is not None:
-                self.metrics.registry_errors.inc()
-                log.warning("devices %d@%d ignored: %s", tp.partition, record.offset, problem)
+                if self.on_error is not None:
+                    self.on_error()
+                log.warning(
+                    "%s %d@%d ignored: %s", self.topic, tp.partition, record.offset, problem
+                )
         if records:
             self.positions[tp] = records[-1].offset + 1
-        self.metrics.registry_devices.set(len(self.registry))
+        if self.after is not None:
+            self.after()
 
     async def load(self) -> None:
         consumer = self._consumer()
@@ -516,7 +588,6 @@ class RegistryFollower:
                 self.positions[tp] = await consumer.position(tp)
         finally:
             await consumer.stop()
-        log.info("registry loaded: %d devices", len(self.registry))
 
     async def follow(self) -> None:
         consumer = self._consumer()

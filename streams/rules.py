@@ -24,7 +24,10 @@ rather than opening its own), ``relative_to = "<metric>"`` (the value is metric 
 that metric, e.g. a reefer's temperature minus its set point), ``mean_over = "1h"``
 (the value is the mean over that much event time, e.g. EU limit values), ``alpha`` and
 ``min_samples`` (band rules), ``schedule = {days = "mon-fri", hours = "07:30-16:00",
-tz = "Europe/Berlin"}`` (outside it the condition counts as false), ``enabled``.
+tz = "Europe/Berlin"}`` (outside it the condition counts as false), ``occupancy =
+{metric = "clients", min = 1}`` (the condition counts only while the device's parent
+last reported at least ``min`` of that metric, e.g. a classroom's access point has
+clients; unknown counts as occupied), ``enabled``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ _KNOWN = {
     "alpha",
     "min_samples",
     "schedule",
+    "occupancy",
     "enabled",
     "description",
 }
@@ -119,6 +123,7 @@ class Rule:
     alpha: float = 0.05
     min_samples: int = 30
     schedule: Schedule | None = None
+    occupancy: tuple[str, float] | None = None  # (parent's metric, minimum)
     line: int = 0
 
     @property
@@ -139,6 +144,11 @@ class RuleSet:
     offline_k: float = 3.0
     offline_severity: str = "warning"
     offline_enabled: bool = True
+
+    @property
+    def occupancy_metrics(self) -> frozenset[str]:
+        """Metrics whose latest value per device other rules' occupancy conditions read."""
+        return frozenset(r.occupancy[0] for r in self.rules if r.occupancy is not None)
 
     def for_kind(self, kind: str) -> tuple[Rule, ...]:
         return self.by_kind.get(kind, ())
@@ -252,6 +262,14 @@ def _rule(raw: Any, where: str, line: int) -> Rule | None:
     if not isinstance(min_samples, int) or min_samples < 2:
         raise RulesError(f"{where}: min_samples must be an integer >= 2")
     mean_over = raw.get("mean_over")
+    occupancy = None
+    if "occupancy" in raw:
+        occ = raw["occupancy"]
+        if not isinstance(occ, dict) or set(occ) != {"metric", "min"}:
+            raise RulesError(f"{where}: occupancy must be {{metric = '<name>', min = <number>}}")
+        if not isinstance(occ["metric"], str) or not _METRIC.match(occ["metric"]):
+            raise RulesError(f"{where}: occupancy metric {occ['metric']!r} is not a metric name")
+        occupancy = (occ["metric"], _number(occ, "min", f"{where}: occupancy"))
     return Rule(
         name=name,
         kind=raw["kind"],
@@ -272,6 +290,7 @@ def _rule(raw: Any, where: str, line: int) -> Rule | None:
         alpha=alpha,
         min_samples=min_samples,
         schedule=None if "schedule" not in raw else _schedule(raw["schedule"], where),
+        occupancy=occupancy,
         line=line,
     )
 

@@ -39,6 +39,8 @@ STATE_ALERTS = "state.alerts"
 # Internal: "device D was heard", keyed by the root of D's parent chain (streams/liveness.py).
 LIVENESS_BY_ROOT = "liveness.byroot"
 STATE_LIVENESS = "state.liveness"
+# Internal, compacted, read whole by every worker: devices' latest occupancy values.
+OCCUPANCY = "occupancy.latest"
 
 ALL_TOPICS: tuple[str, ...] = (
     *CONTRACT_TOPICS,
@@ -50,9 +52,17 @@ ALL_TOPICS: tuple[str, ...] = (
     STATE_ALERTS,
     LIVENESS_BY_ROOT,
     STATE_LIVENESS,
+    OCCUPANCY,
 )
 
-COMPACTED: tuple[str, ...] = (DEVICES, STATE_DEVICE, STATE_DISTRICT, STATE_ALERTS, STATE_LIVENESS)
+COMPACTED: tuple[str, ...] = (
+    DEVICES,
+    STATE_DEVICE,
+    STATE_DISTRICT,
+    STATE_ALERTS,
+    STATE_LIVENESS,
+    OCCUPANCY,
+)
 # Partition p of each of these holds the same keys' data: one count for all of them.
 COPARTITIONED: tuple[str, ...] = (
     TELEMETRY_RAW,

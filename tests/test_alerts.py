@@ -287,3 +287,23 @@ def test_every_default_rule_kind_and_grounded_thresholds() -> None:
         "reefer",
         "machine",
     }
+
+
+def test_occupancy_co2_alerts_only_while_the_access_point_has_clients() -> None:
+    rs = rules(
+        kind="classroom_air",
+        metric="co2_ppm",
+        threshold=1000.0,
+        extra='occupancy = {metric = "clients", min = 1}',
+    )
+    room = ROOM._replace(parent="ap")
+
+    def fired(latest: dict[str, dict[str, float]]) -> list[str]:
+        state, out = AlertState(), []
+        for minute in range(3):
+            evaluate(state, rs, room, at(minute), {"co2_ppm": 1500.0}, out, latest)
+        return [e["status"] for e in out]
+
+    assert fired({"ap": {"clients": 0}}) == []  # an empty room: no alert
+    assert fired({"ap": {"clients": 12}}) == ["firing"]
+    assert fired({}) == ["firing"]  # unknown counts as occupied: never hide an alert by default

@@ -8,6 +8,7 @@ import logging
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,60 @@ async def test_episodes_offline_and_correlation(settings: Settings, tmp_path: Pa
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
     log.warning("alert latency over %d alerts: p50 %.0f ms, p99 %.0f ms", len(latencies), p50, p99)
     (tmp_path / "latency.txt").write_text(f"p50 {p50} ms p99 {p99} ms n {len(latencies)}\n")
+
+
+async def test_occupancy_rule_reads_the_access_points_clients(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # An opt-in rule: CO2 alerts only while the classroom's access point has clients.
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rule]]\nname = "co2_occupied"\nkind = "classroom_air"\nmetric = "co2_ppm"\n'
+        'condition = "above"\nthreshold = 1000.0\nfor = "2m"\nseverity = "warning"\n'
+        'summary = "{device_id} {value}"\noccupancy = {metric = "clients", min = 1}\n'
+    )
+    settings = replace(settings, rules=str(rules))
+    aps = [device(f"dui-mitte-gs09{i}-ap1", "wlan_ap", site=f"gs09{i}") for i in (1, 2)]
+    rooms = [
+        device(f"dui-mitte-gs09{i}-r1-air", "classroom_air", parent=ap["device_id"])
+        for i, ap in zip((1, 2), aps, strict=True)
+    ]
+    await ensure_topics(settings)
+    await produce_messages(
+        settings.broker, settings.topic_prefix + DEVICES, device_messages([*aps, *rooms])
+    )
+    worker = spawn(settings, "streams", "worker", log=tmp_path / "worker.log")
+    raw = settings.topic_prefix + TELEMETRY_RAW
+    try:
+        # gs091's access point has no clients, gs092's has 14.
+        now = now_ms()
+        clients = [
+            {"device_id": ap["device_id"], "ts": now, "metrics": {"clients": n}}
+            for ap, n in zip(aps, (0, 14), strict=True)
+        ]
+        await produce_messages(
+            settings.broker, raw, [(c["device_id"].encode(), orjson.dumps(c)) for c in clients]
+        )
+        await asyncio.sleep(3)  # the occupancy values travel to every worker first
+        readings = [
+            {
+                "device_id": room["device_id"],
+                "ts": now - 10 * 60_000 + m * 60_000,
+                "metrics": {"co2_ppm": 1500},
+            }
+            for m in range(4)
+            for room in rooms
+        ]
+        await produce_messages(
+            settings.broker, raw, [(r["device_id"].encode(), orjson.dumps(r)) for r in readings]
+        )
+        got = await consume_records(
+            settings.broker, settings.topic_prefix + ALERTS, 1, timeout=60, settle=4
+        )
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert [(orjson.loads(r.value)["device_id"], orjson.loads(r.value)["status"]) for r in got] == [
+        (rooms[1]["device_id"], "firing")
+    ]
