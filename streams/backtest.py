@@ -126,11 +126,8 @@ def describe_alert(record: dict[str, Any]) -> str:
     when = record.get("ends_at") if record.get("status") == "resolved" else record.get("at")
     stamp = _when(int(when)) if isinstance(when, int) else "-" * 19
     status = str(record.get("status", "?")).upper()
-    extra = ""
-    if record.get("affected_children"):
-        extra = f" [{record['affected_children']} behind it]"
     return (
         f"{stamp}  {status:8}  {record.get('severity', '?'):8}  {record.get('rule', '?'):28}  "
-        f"{record.get('device_id', '?')}: {record.get('summary', '')}{extra}"
+        f"{record.get('device_id', '?')}: {record.get('summary', '')}"
         f"  ({record.get('alert_id', '?')})"
     )

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,6 +21,9 @@ from streams.admin import AdminError, ensure_topics
 from streams.localkafka import KafkaError, LocalKafka
 from streams.rules import RulesError
 from streams.settings import Settings, SettingsError, settings_table
+
+if TYPE_CHECKING:
+    from streams.simulate import City
 
 log = logging.getLogger("citystreams")
 
@@ -66,20 +70,128 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings, build)
 
 
-def _up(args: argparse.Namespace, settings: Settings) -> int:
-    """Everything on one machine: the local Kafka, the topics, a worker."""
-    from streams.app import run_worker
-    from streams.pipeline import build
+DEFAULT_SCENARIOS = (
+    "unventilated_classroom@2",
+    "cell_outage@3",
+    "uplink_failure@4",
+    "reefer_unplugged@5",
+    "bearing_failure@6",
+    "smog@8",
+    "bad_data@2",
+)
 
-    kafka = LocalKafka(settings)
-    if not kafka.is_fetched():
-        print("Fetching Apache Kafka from Maven Central (once)...", file=sys.stderr, flush=True)
-    print(f"Kafka: {kafka.start().bootstrap}", file=sys.stderr, flush=True)
+
+def _city(args: argparse.Namespace, speed: float) -> tuple[list[dict[str, Any]], City, int]:
+    """The fleet, the simulated city and its event-time start, from the arguments."""
+    from streams import registry
+    from streams.demo import now_ms, start_for
+    from streams.simulate import City, parse_injection
+
+    if args.registry:
+        with open(args.registry, "rb") as f:
+            data = f.read()
+        fleet, errors = registry.parse_registry(data, registry.format_from_path(args.registry))
+        if errors:
+            raise SettingsError(f"{args.registry}: {errors[0]} ({len(errors)} error(s))")
+    else:
+        fleet = registry.generate_fleet(seed=args.seed, scale=args.scale)
+    start = args.start if args.start is not None else start_for(speed, args.duration, now_ms())
+    scenarios = args.scenario if args.scenario is not None else list(DEFAULT_SCENARIOS)
     try:
-        return run_worker(settings, build)
+        injections = [parse_injection(text, start) for text in scenarios]
+        city = City(fleet, seed=args.seed, start_ms=start, injections=injections, batch=args.batch)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return fleet, city, start
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import Progress, registry_for, run_city
+    from streams.produce import device_messages, publish
+    from streams.simulate import describe_scenarios
+    from streams.topics import DEVICES
+
+    if args.list_scenarios:
+        print(describe_scenarios())
+        return 0
+    fleet, city, _ = _city(args, args.speed)
+
+    async def run() -> None:
+        await ensure_topics(settings)
+        if not args.no_registry:
+            devices = device_messages(registry_for(fleet, args.speed))
+            await publish(settings, settings.topic_prefix + DEVICES, devices)
+        await run_city(
+            settings,
+            city,
+            fleet,
+            speed=args.speed,
+            duration_s=args.duration,
+            progress=Progress(),
+        )
+
+    asyncio.run(run())
+    counts = city.counts
+    print(f"sent {counts.readings} readings in {counts.messages} messages; bad data: {counts.bad}")
+    return 0
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    """The city in one command: Kafka, topics, registry, a worker, the simulator."""
+    from streams.demo import up
+
+    # The live view is the output here: the clients' chatter (retries while a new topic
+    # gets its leaders, group changes) goes to the worker log, not the terminal.
+    for name in ("aiokafka", "streams.admin"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    kafka = None
+    if not args.external_kafka:
+        kafka = LocalKafka(settings)
+        if not kafka.is_fetched():
+            print(
+                "Fetching Apache Kafka from Maven Central (once; about 80 MB)...",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(f"Starting Kafka on {settings.broker}...", file=sys.stderr, flush=True)
+        kafka.start()
+    try:
+        fleet, city, _ = _city(args, args.speed)
+        return asyncio.run(
+            up(settings, fleet, city, speed=args.speed, duration_s=args.duration, out=sys.stdout)
+        )
+    except KeyboardInterrupt:
+        return 130
     finally:
-        if not args.keep_kafka:
+        if kafka is not None and not args.keep_kafka:
             kafka.stop()
+
+
+def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    """Any topic of the contract, decoded, a record per line."""
+    from streams.produce import follow
+    from streams.topics import ALL_TOPICS
+
+    if args.topic not in ALL_TOPICS:
+        print(f"citystreams: {args.topic!r} is not one of {', '.join(ALL_TOPICS)}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        shown = 0
+        async for value in follow(
+            settings, settings.topic_prefix + args.topic, args.from_beginning
+        ):
+            try:
+                line = orjson.dumps(orjson.loads(value), option=orjson.OPT_SORT_KEYS).decode()
+            except orjson.JSONDecodeError:
+                line = f"(not JSON, {len(value)} bytes) {value[:120]!r}"
+            print(line, flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                return 0
+        return 0
+
+    return asyncio.run(run())
 
 
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
@@ -249,11 +361,50 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--seed", type=int, default=1, help="seed of the simulated fleet")
     backtest.set_defaults(func=_backtest)
 
-    up = sub.add_parser("up", help="start Kafka, create the topics and run a worker")
+    def city_options(p: argparse.ArgumentParser, speed: float) -> None:
+        p.add_argument("--seed", type=int, default=1, help="same seed, same city (default 1)")
+        p.add_argument("--scale", type=float, default=1.0, help="fleet size (1.0: 2,273 devices)")
+        p.add_argument("--registry", help="device records to simulate instead of a generated fleet")
+        p.add_argument(
+            "--speed",
+            type=float,
+            default=speed,
+            help=f"event time per wall time (default {speed:g})",
+        )
+        p.add_argument("--duration", type=float, help="stop after this many seconds")
+        p.add_argument("--start", type=int, help="event-time start, epoch ms (default: see README)")
+        p.add_argument("--batch", type=int, default=0, help="gateway batches of up to N readings")
+        p.add_argument(
+            "--scenario",
+            action="append",
+            metavar="NAME[@MINUTES[:DEVICE_ID]]",
+            help="inject a scenario MINUTES of event time after the start (repeatable); "
+            "default: " + " ".join(DEFAULT_SCENARIOS),
+        )
+
+    simulate = sub.add_parser("simulate", help="send a simulated city's telemetry")
+    city_options(simulate, 1.0)
+    simulate.add_argument("--list-scenarios", action="store_true", help="explain each scenario")
+    simulate.add_argument(
+        "--no-registry", action="store_true", help="do not publish the fleet's device records"
+    )
+    simulate.set_defaults(func=_simulate)
+
+    up = sub.add_parser("up", help="the city in one command: Kafka, worker, simulator, live view")
+    city_options(up, 10.0)
     up.add_argument(
-        "--keep-kafka", action="store_true", help="leave Kafka running when the worker stops"
+        "--keep-kafka", action="store_true", help="leave Kafka running when everything stops"
+    )
+    up.add_argument(
+        "--external-kafka", action="store_true", help="use the Kafka at CITYSTREAMS_BROKER"
     )
     up.set_defaults(func=_up)
+
+    tail = sub.add_parser("tail", help="print a topic's records, decoded")
+    tail.add_argument("topic", help="a topic name without the prefix, e.g. metrics.district")
+    tail.add_argument("--from-beginning", action="store_true", help="from the oldest record")
+    tail.add_argument("--count", type=int, default=0, help="stop after this many records")
+    tail.set_defaults(func=_tail)
 
     settings = sub.add_parser("settings", help="show the effective settings")
     settings.add_argument("--markdown", action="store_true", help="print the README's table")

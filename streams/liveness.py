@@ -220,7 +220,7 @@ class Liveness:
         text = f"{device.device_id} at {device.site} silent for {silent_s:.0f} s"
         text += f" (limit {limit_s:.0f} s)"
         if affected:
-            text += f"; {affected} devices behind it are silent too"
+            text += f"; {affected} device{'s' if affected > 1 else ''} behind it silent too"
         if status == "resolved":
             text = f"{device.device_id} at {device.site} reports again"
         return alert_record(

@@ -126,3 +126,23 @@ def serve(metrics: Metrics, bind: str, port: int, tries: int = 16) -> tuple[WSGI
         assert isinstance(thread, threading.Thread)
         return server, actual
     raise OSError(f"no free port for /metrics in {port}-{port + tries - 1} on {bind}: {last}")
+
+
+def free_port(bind: str) -> int:
+    """A port nobody listens on at the moment (for a worker whose address we print)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(bind: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((bind, port))
+        except OSError:
+            return False
+        return True
