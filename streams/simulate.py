@@ -52,8 +52,9 @@ SCENARIOS: dict[str, Scenario] = {
             "unventilated_classroom",
             "classroom_air",
             90 * MINUTE,
-            "A full classroom whose windows stay shut: CO2 climbs past 1000 ppm and then "
-            "2000 ppm (classroom_co2_high, escalating to classroom_co2_critical).",
+            "A full classroom whose windows have stayed shut since the morning: CO2 climbs "
+            "past 1000 ppm and then 2000 ppm (classroom_co2_high, escalating to "
+            "classroom_co2_critical).",
         ),
         Scenario(
             "smog",
@@ -266,6 +267,8 @@ class City:
             # and after school; shut in the scenario (and a full room).
             lesson = _lesson(weekday, hour)
             stuffy = effect == "unventilated_classroom"
+            if stuffy and d.level < 850:
+                d.level = 850.0  # shut since the morning: already stale when it starts
             pupils = 30.0 if stuffy else (24 * d.base if lesson else 0.0)
             airing = 0.002 if stuffy else (0.06 if lesson else 0.15)
             d.level += minutes * (pupils * 1.5 - airing * (d.level - 420.0))
