@@ -170,6 +170,8 @@ def build(
     # Devices heard since the last flush, by liveness partition: {device: (arrival, ts)}.
     heard: dict[int, dict[str, tuple[int, int]]] = {}
     family_partition: dict[str, int] = {}  # the families this worker owns
+    newest = [0]  # the newest event time accepted (for the event-time lag)
+    positions: dict[tuple[str, int], int] = {}  # the last offset processed, per input
     district_stage = Districts(
         states=district_states,
         registry=registry,
@@ -259,6 +261,7 @@ def build(
                         await send(
                             occupancy_topic, reading.device_id.encode(), orjson.dumps(values)
                         )
+            newest[0] = max(newest[0], max(r.ts for r, _ in out.accepted))
             if ruleset.offline_enabled:
                 now = now_ms()
                 for reading, device in out.accepted:
@@ -294,7 +297,9 @@ def build(
 
     # --- agents ---------------------------------------------------------------------
     async def ingest_events(
-        stream: faust.StreamT[bytes], stage: Callable[[bytes | None, Source, int, Outbox], None]
+        stream: faust.StreamT[bytes],
+        stage: Callable[[bytes | None, Source, int, Outbox], None],
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         out = Outbox()
         async for event in _unacked_events(stream):
@@ -305,12 +310,15 @@ def build(
             async with step:
                 stage(msg.value, src, now_ms(), out)
                 await drain(out)
+            if observe is not None and msg.timestamp:
+                observe(time.time() - msg.timestamp)  # faust gives the timestamp in seconds
+            positions[(msg.topic, msg.partition)] = msg.offset
             pending.append(event)
 
     @app.agent(raw_topic, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         """Validate raw telemetry; dead-letter the bad, forward foreign devices, window."""
-        await ingest_events(stream, ingest_stage.on_raw)
+        await ingest_events(stream, ingest_stage.on_raw, metrics.processing_latency.observe)
 
     @app.agent(by_device_topic, name="ingest_forwarded")
     async def ingest_forwarded(stream: faust.StreamT[bytes]) -> None:
@@ -346,6 +354,7 @@ def build(
                 district_stage.tick(now_ms(), district_out)
                 for key, value in district_out.records:
                     await send(district_windows_topic, key, value)
+                    metrics.district_window(orjson.loads(value))
         except Exception:
             log.exception("closing windows failed; retrying at the next tick")
 
@@ -407,6 +416,48 @@ def build(
         except Exception:
             log.exception("offline detection failed; retrying at the next tick")
 
+    # --- gauges, refreshed on the event loop (the scrape thread only reads them) ----------
+    @app.timer(5.0)
+    async def refresh_gauges() -> None:
+        if not ready.is_set():
+            return
+        try:
+            if newest[0]:
+                metrics.event_time_lag.set(max(0.0, (now_ms() - newest[0]) / 1000))
+            consumer = app.consumer
+            for tp in consumer.assignment():
+                last = positions.get((tp.topic, tp.partition))
+                high = consumer.highwater(tp)
+                if last is not None and high is not None:
+                    lag = max(0, high - last - 1)
+                    metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            episodes: dict[tuple[str, str, str], int] = {}
+            for device_id, state in alert_states.items():
+                where = registry.devices.get(device_id)
+                district = where.district if where is not None else UNKNOWN_KIND
+                for episode in state.episodes.values():
+                    k = (episode.rule, episode.severity, district)
+                    episodes[k] = episodes.get(k, 0) + 1
+            offline: dict[tuple[str, str], int] = {}
+            for _, family in families.items():
+                for device_id, seen in family.devices.items():
+                    device = registry.devices.get(device_id)
+                    if seen.offline_since < 0 or device is None:
+                        continue
+                    if seen.alert_id:
+                        k = ("device_offline", ruleset.offline_severity, device.district)
+                        episodes[k] = episodes.get(k, 0) + 1
+                    d = (device.district, device.kind)
+                    offline[d] = offline.get(d, 0) + 1
+            metrics.episodes_active.clear()
+            for (rule, severity, district), n in episodes.items():
+                metrics.episodes_active.labels(rule, severity, district).set(n)
+            metrics.district_offline.clear()
+            for (district, kind), n in offline.items():
+                metrics.district_offline.labels(district, kind).set(n)
+        except Exception:
+            log.exception("refreshing gauges failed")
+
     @app.timer(settings.state_flush_ms / 1000.0)
     async def checkpoint_state() -> None:
         try:
@@ -423,6 +474,8 @@ def build(
         await checkpoint()
         ingest_stage.active.clear()
         district_stage.active.clear()
+        positions.clear()
+        metrics.forget_partitions()
 
     device_inputs = {prefix + TELEMETRY_RAW, prefix + TELEMETRY_BY_DEVICE}
     district_inputs = {prefix + WINDOWS_BY_DISTRICT}
@@ -450,6 +503,8 @@ def build(
         for root in list(families.stored):
             family_partition[root.decode()] = families.partition_of[root]
         owned_since[0] = now_ms()
+        metrics.rebalances.inc()
+        metrics.partitions_owned.set(len(owned_devices))
         # Open windows in the loaded state are what the idle timer must visit.
         ingest_stage.active.clear()
         district_stage.active.clear()

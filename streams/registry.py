@@ -51,6 +51,18 @@ HEARTBEAT_S: dict[str, int] = {
     "machine": 10,
 }
 
+# What each kind reports (the simulator's vocabulary, the rules', and the only metric
+# names exported as city metrics to Prometheus: a closed set keeps the series bounded).
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "classroom_air": ("co2_ppm", "temperature_c", "humidity_pct"),
+    "wlan_ap": ("clients", "throughput_mbps"),
+    "cell_5g": ("prb_util_pct", "rsrp_dbm", "sinr_db", "connected_ues"),
+    "air_quality": ("no2_ugm3", "pm10_ugm3"),
+    "traffic": ("vehicles_per_min", "speed_kmh", "occupancy_pct"),
+    "reefer": ("temperature_c", "setpoint_c", "power_kw"),
+    "machine": ("vibration_mm_s", "temperature_c", "spindle_rpm"),
+}
+
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
 

@@ -109,3 +109,11 @@ def test_bad_data_is_the_kinds_of_bad_input_it_promises() -> None:
         reasons.update(r.reason for r in bad)
     assert {"invalid_json", "too_large", "schema", "ts_future"} <= set(reasons)
     assert c.counts.bad["duplicate"] > 0 and c.counts.bad["late"] > 0
+
+
+def test_every_simulated_metric_is_in_its_kinds_vocabulary() -> None:
+    from streams.registry import KIND_METRICS
+
+    kinds = {d["device_id"]: d["kind"] for d in FLEET}
+    for r in readings(city(), 10):
+        assert set(r["metrics"]) <= set(KIND_METRICS[kinds[r["device_id"]]]), r

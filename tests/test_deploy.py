@@ -1,0 +1,128 @@
+"""What operators deploy: Prometheus rules (checked and unit-tested with Debian's
+promtool), Alertmanager's configuration (amtool), and that every rule reads metrics the
+workers export and links to a runbook in the README."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.metrics import Metrics, exported_names
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))
+
+
+def tool(name: str) -> str:
+    # Not a skip: CI installs Debian's prometheus and prometheus-alertmanager (.ci/run).
+    path = shutil.which(name)
+    assert path, f"{name} is missing: apt-get install prometheus prometheus-alertmanager"
+    return path
+
+
+def run(*args: str, cwd: Path = PROMETHEUS) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, cwd=cwd, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def rules() -> list[dict[str, Any]]:
+    return [
+        r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]
+    ]
+
+
+def test_promtool_checks_the_config_and_the_rules() -> None:
+    run(tool("promtool"), "check", "config", "prometheus.yml")
+    out = run(tool("promtool"), "check", "rules", *(str(f) for f in RULE_FILES))
+    assert "SUCCESS" in out
+
+
+def test_promtool_unit_tests_pass_and_cover_every_alerting_rule() -> None:
+    tests = sorted((PROMETHEUS / "tests").glob("*.yml"))
+    run(tool("promtool"), "test", "rules", *(str(t) for t in tests))
+    tested = {
+        case["alertname"]
+        for t in tests
+        for test in yaml.safe_load(t.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    assert {r["alert"] for r in rules() if "alert" in r} == tested
+
+
+def test_every_alert_has_for_severity_summary_and_a_runbook_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", readme, re.M)
+    }
+    for rule in (r for r in rules() if "alert" in r):
+        assert rule.get("for"), rule["alert"]
+        assert rule["labels"]["severity"] in ("info", "warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        anchor = rule["annotations"]["runbook_url"].split("#", 1)[1]
+        assert anchor in anchors, f"{rule['alert']}: no README heading for #{anchor}"
+
+
+def test_rules_read_only_metrics_the_workers_export() -> None:
+    exported = exported_names(Metrics().registry) | {"up"}
+    recorded = {r["record"] for r in rules() if "record" in r}
+    for rule in rules():
+        for name in re.findall(
+            r"\b(citystreams[a-z0-9_:]*|up)\b(?=\s*[{\[)]|\s*$|\s*[<>=!])", rule["expr"]
+        ):
+            assert name in exported | recorded, f"{rule.get('alert') or rule.get('record')}: {name}"
+
+
+def test_alertmanager_config_routes_by_severity() -> None:
+    config = DEPLOY / "alertmanager" / "alertmanager.yml"
+    run(tool("amtool"), "check-config", str(config))
+    for labels, receiver in (
+        (["severity=critical", "component=city", "district=Mitte"], "on-call"),
+        (["severity=warning", "component=pipeline"], "operations-centre"),
+        (["severity=info"], "log-only"),
+    ):
+        out = run(tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels)
+        assert out.strip().splitlines()[0] == receiver, (labels, out)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DEPLOY.rglob("*.y*ml")), ids=lambda p: str(p.relative_to(DEPLOY))
+)
+def test_every_deploy_yaml_is_well_formed(path: Path) -> None:
+    assert list(yaml.safe_load_all(path.read_text()))
+
+
+def test_committed_dashboards_are_what_the_code_generates() -> None:
+    from streams.dashboards import DASHBOARDS, render
+
+    folder = DEPLOY / "grafana" / "dashboards"
+    assert sorted(p.name for p in folder.glob("*.json")) == sorted(DASHBOARDS)
+    for name, build in DASHBOARDS.items():
+        assert (folder / name).read_bytes() == render(build), (
+            f"{name} is stale: python -m streams.dashboards deploy/grafana/dashboards"
+        )
+
+
+def test_dashboards_read_only_metrics_that_exist() -> None:
+    from streams.dashboards import DASHBOARDS, expressions
+
+    exported = exported_names(Metrics().registry) | {"up"}
+    recorded = {r["record"] for r in rules() if "record" in r}
+    seen = set()
+    for build in DASHBOARDS.values():
+        for expr in expressions(build()):
+            bare = re.sub(r'"[^"]*"', '""', expr)  # label values are not metric names
+            for name in re.findall(r"\b((?:citystreams|process)[a-z0-9_:]*|up)\b(?!\s*\()", bare):
+                assert name in exported | recorded, name
+                seen.add(name)
+    assert len(seen) >= 15
