@@ -126,3 +126,69 @@ def test_dashboards_read_only_metrics_that_exist() -> None:
                 assert name in exported | recorded, name
                 seen.add(name)
     assert len(seen) >= 15
+
+
+def images(doc: Any) -> list[str]:
+    if isinstance(doc, dict):
+        found = [v for k, v in doc.items() if k == "image" and isinstance(v, str)]
+        return found + [i for v in doc.values() for i in images(v)]
+    if isinstance(doc, list):
+        return [i for v in doc for i in images(v)]
+    return []
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    import importlib.util
+    import json
+
+    import jsonschema
+
+    # The compose-spec JSON schema as vendored by check-jsonschema (a test dependency);
+    # found without importing that package, whose CLI needs a newer click than faust's.
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None and spec.submodule_search_locations
+    vendor = Path(next(iter(spec.submodule_search_locations))) / "builtin_schemas" / "vendor"
+    schema = json.loads((vendor / "compose-spec.json").read_text())
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [e.message for e in validator.iter_errors(compose)]
+    assert errors == []
+    # Everything the stack mounts exists.
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), source
+
+
+CRDS = {"Kafka", "KafkaNodePool", "ServiceMonitor"}
+
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
+    import kubernetes_validate
+
+    kinds = set()
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kinds.add(doc["kind"])
+            if doc["kind"] in CRDS:  # custom resources: no schema in Kubernetes itself
+                assert doc["apiVersion"] and doc["metadata"]["name"] and doc["spec"]
+                continue
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    assert {"Deployment", "Service", "ConfigMap", "Kafka", "ServiceMonitor"} <= kinds
+
+
+def test_every_image_is_pinned_and_ours_is_this_version() -> None:
+    from streams import __version__
+
+    docs = [yaml.safe_load((DEPLOY / "compose.yaml").read_text())]
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += list(yaml.safe_load_all(path.read_text()))
+    found = [i for d in docs for i in images(d)]
+    assert found
+    for image in found:
+        assert re.search(r":v?\d+\.\d+\.\d+$", image), f"{image} is not pinned to a version"
+        if "citystreams/citystreams" in image:
+            assert image.endswith(f":{__version__}"), image
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM \S+:\d+\.\d+\.\d+", dockerfile, re.M)
