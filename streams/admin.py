@@ -26,7 +26,11 @@ async def ensure_topics(
     Idempotent: existing topics are left as they are (their partition count is not
     changed, since that would move keys between partitions).
     """
-    wanted = specs if specs is not None else topic_specs(settings.topic_prefix, settings.partitions)
+    wanted = (
+        specs
+        if specs is not None
+        else topic_specs(settings.topic_prefix, settings.partitions, settings.app_id)
+    )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.broker, request_timeout_ms=int(timeout * 1000)
     )
@@ -75,7 +79,7 @@ async def _check_partitions(
     counts = {
         s.name: s.partitions
         for s in wanted
-        if s.name.removeprefix(settings.topic_prefix) in COPARTITIONED
+        if (s.base or s.name.removeprefix(settings.topic_prefix)) in COPARTITIONED
     }
     if not counts:
         return

@@ -30,10 +30,14 @@ log = logging.getLogger("citystreams")
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _kafka(args: argparse.Namespace, settings: Settings) -> int:
     kafka = LocalKafka(settings, port=args.port)
     if args.action == "fetch":
-        print(kafka.fetch())
+        print(kafka.fetch(progress=_progress))
         return 0
     if args.action == "start":
         if not kafka.is_fetched():
@@ -42,7 +46,7 @@ def _kafka(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        status = kafka.start()
+        status = kafka.start(progress=_progress)
         print(status.bootstrap)
         return 0
     if args.action == "stop":
@@ -154,7 +158,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
                 flush=True,
             )
         print(f"Starting Kafka on {settings.broker}...", file=sys.stderr, flush=True)
-        kafka.start()
+        kafka.start(progress=_progress)
     try:
         fleet, city, _ = _city(args, args.speed)
         return asyncio.run(

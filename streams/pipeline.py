@@ -57,6 +57,7 @@ from streams.topics import (
     TELEMETRY_ENRICHED,
     TELEMETRY_RAW,
     WINDOWS_BY_DISTRICT,
+    topic_name,
 )
 from streams.validate import Limits
 from streams.windows import DeviceState, DistrictState, device_window_record
@@ -94,39 +95,43 @@ def build(
     if ruleset is None:
         ruleset = load_rules(Path(settings.rules) if settings.rules else None)
     prefix = settings.topic_prefix
+
+    def internal(base: str) -> str:
+        return topic_name(prefix, base, settings.app_id)
+
     window_ms = settings.window_s * 1000
     district_ms = settings.district_window_s * 1000
     grace_ms = int(settings.grace_s * 1000)
 
     # --- topics ---------------------------------------------------------------------
     raw_topic = app.topic(prefix + TELEMETRY_RAW)
-    by_device_topic = app.topic(prefix + TELEMETRY_BY_DEVICE)
-    by_district_topic = app.topic(prefix + WINDOWS_BY_DISTRICT)
+    by_device_topic = app.topic(internal(TELEMETRY_BY_DEVICE))
+    by_district_topic = app.topic(internal(WINDOWS_BY_DISTRICT))
     deadletter_topic = app.topic(prefix + DEADLETTER)
     enriched_topic = app.topic(prefix + TELEMETRY_ENRICHED)
     device_windows_topic = app.topic(prefix + METRICS_DEVICE)
     district_windows_topic = app.topic(prefix + METRICS_DISTRICT)
     alerts_topic = app.topic(prefix + ALERTS)
-    liveness_topic = app.topic(prefix + LIVENESS_BY_ROOT)
-    occupancy_topic = app.topic(prefix + OCCUPANCY)
+    liveness_topic = app.topic(internal(LIVENESS_BY_ROOT))
+    occupancy_topic = app.topic(internal(OCCUPANCY))
     devices_topic_name = prefix + DEVICES
 
     # --- state: per device and per district, on our own compacted changelogs -----------
     # (not faust tables: see streams/state.py for why)
     device_states: DurableMap[DeviceState] = DurableMap(
-        prefix + STATE_DEVICE, encode_device, decode_device, app.topic(prefix + STATE_DEVICE)
+        internal(STATE_DEVICE), encode_device, decode_device, app.topic(internal(STATE_DEVICE))
     )
     district_states: DurableMap[DistrictState] = DurableMap(
-        prefix + STATE_DISTRICT,
+        internal(STATE_DISTRICT),
         encode_district,
         decode_district,
-        app.topic(prefix + STATE_DISTRICT),
+        app.topic(internal(STATE_DISTRICT)),
     )
     alert_states: DurableMap[AlertState] = DurableMap(
-        prefix + STATE_ALERTS, encode_alerts, decode_alerts, app.topic(prefix + STATE_ALERTS)
+        internal(STATE_ALERTS), encode_alerts, decode_alerts, app.topic(internal(STATE_ALERTS))
     )
     families: DurableMap[Family] = DurableMap(
-        prefix + STATE_LIVENESS, encode_family, decode_family, app.topic(prefix + STATE_LIVENESS)
+        internal(STATE_LIVENESS), encode_family, decode_family, app.topic(internal(STATE_LIVENESS))
     )
     maps: list[DurableMap[Any]] = [device_states, district_states, alert_states, families]
     # Set once the state of the current assignment is loaded; agents and timers wait.
@@ -146,7 +151,7 @@ def build(
     occupancy_metrics = ruleset.occupancy_metrics
     occupancy_follower = Follower(
         settings,
-        prefix + OCCUPANCY,
+        internal(OCCUPANCY),
         lambda key, value: _apply_latest(latest, key, value),
     )
 
@@ -477,9 +482,9 @@ def build(
         positions.clear()
         metrics.forget_partitions()
 
-    device_inputs = {prefix + TELEMETRY_RAW, prefix + TELEMETRY_BY_DEVICE}
-    district_inputs = {prefix + WINDOWS_BY_DISTRICT}
-    liveness_topic_name = prefix + LIVENESS_BY_ROOT
+    device_inputs = {prefix + TELEMETRY_RAW, internal(TELEMETRY_BY_DEVICE)}
+    district_inputs = {internal(WINDOWS_BY_DISTRICT)}
+    liveness_topic_name = internal(LIVENESS_BY_ROOT)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:

@@ -76,18 +76,36 @@ COPARTITIONED: tuple[str, ...] = (
 )
 
 
+# The pipeline's own topics: they belong to one app (one consumer group), so two apps
+# with the same prefix (a second deployment, a benchmark) never share state.
+INTERNAL: tuple[str, ...] = (
+    TELEMETRY_BY_DEVICE,
+    WINDOWS_BY_DISTRICT,
+    STATE_DEVICE,
+    STATE_DISTRICT,
+    STATE_ALERTS,
+    LIVENESS_BY_ROOT,
+    STATE_LIVENESS,
+    OCCUPANCY,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str]
+    base: str = ""  # the name without prefix or app id ("" for topics not of this module)
 
 
-def topic_name(prefix: str, base: str) -> str:
+def topic_name(prefix: str, base: str, app_id: str = "") -> str:
+    """``<prefix><base>``; an internal topic is ``<prefix><app_id>.<base>``."""
+    if base in INTERNAL and app_id:
+        return f"{prefix}{app_id}.{base}"
     return f"{prefix}{base}"
 
 
-def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
+def topic_specs(prefix: str, partitions: int, app_id: str = "") -> list[TopicSpec]:
     """What ``citystreams topics create`` makes: every topic; ``devices`` and the state
     topics compacted.
 
@@ -101,5 +119,5 @@ def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
         config: dict[str, str] = {}
         if base in COMPACTED:
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
-        specs.append(TopicSpec(topic_name(prefix, base), partitions, config))
+        specs.append(TopicSpec(topic_name(prefix, base, app_id), partitions, config, base))
     return specs

@@ -12,7 +12,7 @@ import pytest
 from streams.admin import AdminError, ensure_topics
 from streams.localkafka import LocalKafka
 from streams.settings import Settings
-from streams.topics import ALL_TOPICS, TELEMETRY_RAW, TopicSpec
+from streams.topics import ALL_TOPICS, TELEMETRY_RAW, TopicSpec, topic_name
 from tests.apps.echo import ECHO_IN, ECHO_OUT
 from tests.conftest import ROOT, free_port, spawn
 from tests.kafkautil import consume, produce
@@ -32,7 +32,11 @@ async def test_produce_consume_round_trip(settings: Settings) -> None:
 async def test_topics_create_is_idempotent_and_compacts_devices(settings: Settings) -> None:
     first = await ensure_topics(settings)
     again = await ensure_topics(settings)
-    assert sorted(first) == sorted(settings.topic_prefix + t for t in ALL_TOPICS)
+    assert sorted(first) == sorted(
+        topic_name(settings.topic_prefix, t, settings.app_id) for t in ALL_TOPICS
+    )
+    # Internal topics belong to the app: another app id on the same prefix has its own.
+    assert f"{settings.topic_prefix}{settings.app_id}.state.device" in first
     assert again == []
 
 

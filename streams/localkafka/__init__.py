@@ -11,6 +11,7 @@ Errors a user can fix (no JDK, no Maven, a failed fetch, a port in use) are rais
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -110,8 +112,9 @@ class LocalKafka:
     def is_fetched(self) -> bool:
         return (self.lib / _READY_MARKER).exists()
 
-    def fetch(self) -> Path:
-        """Resolve the pinned jars into the cache once; later calls do nothing."""
+    def fetch(self, progress: Callable[[str], None] | None = None) -> Path:
+        """Resolve the pinned jars into the cache once; later calls do nothing.
+        ``progress`` gets a line every few seconds while Maven downloads."""
         if self.is_fetched():
             return self.lib
         mvn = shutil.which("mvn")
@@ -125,7 +128,7 @@ class LocalKafka:
         tmp.mkdir(parents=True)
         log.info("fetching Apache Kafka %s from Maven Central into %s", KAFKA_VERSION, self.lib)
         with resources.as_file(resources.files(__package__).joinpath(POM)) as pom:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [
                     mvn,
                     "-B",
@@ -136,12 +139,24 @@ class LocalKafka:
                     "-DincludeScope=runtime",
                     f"-DoutputDirectory={tmp}",
                 ],
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
-                check=False,
             )
+            # Progress for a first start (~80 MB): what Maven has downloaded so far.
+            repo = Path.home() / ".m2" / "repository"
+            before = _size(repo)
+            while True:
+                try:
+                    output, _ = proc.communicate(timeout=3)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress is not None:
+                        got = (_size(repo) - before) / 1e6
+                        progress(f"  fetching Kafka {KAFKA_VERSION}: {got:.0f} MB downloaded")
+        proc_output = output or ""
         if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            tail = proc_output.strip().splitlines()[-5:]
             raise KafkaError(
                 f"Fetching Kafka {KAFKA_VERSION} from Maven Central failed (mvn exit "
                 f"{proc.returncode}): check network access to Maven Central and run "
@@ -247,7 +262,9 @@ class LocalKafka:
         running = pid is not None and _port_open("127.0.0.1", self.port)
         return KafkaStatus(running=running, pid=pid, bootstrap=self.bootstrap)
 
-    def start(self, timeout: float = 90.0) -> KafkaStatus:
+    def start(
+        self, timeout: float = 90.0, progress: Callable[[str], None] | None = None
+    ) -> KafkaStatus:
         """Start the broker (fetching it first if needed) and wait until it answers."""
         java = self.java()
         current = self.status()
@@ -259,7 +276,7 @@ class LocalKafka:
                 f"Port {self.port} is already in use by another program: stop it or choose "
                 "another port with CITYSTREAMS_BROKER=127.0.0.1:PORT."
             )
-        self.fetch()
+        self.fetch(progress)
         self._write_config()
         self._format(java)
         with open(self.log_file, "ab") as out:
@@ -391,3 +408,13 @@ logger.server.level = INFO
 logger.broker.name = kafka.server.BrokerServer
 logger.broker.level = INFO
 """
+
+
+def _size(folder: Path) -> int:
+    """Bytes under ``folder`` (0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # a file Maven is still writing
+                total += os.path.getsize(os.path.join(root, name))
+    return total

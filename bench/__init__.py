@@ -1,0 +1,1 @@
+"""Benchmarks of citystreams against a floor and other contenders (``python -m bench``)."""
