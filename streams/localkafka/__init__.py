@@ -228,7 +228,10 @@ class LocalKafka:
     def _format(self, java: str) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading "-"
+            # would be read as an option by the storage tool (1 start in 64 failed)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         proc = subprocess.run(
             [
                 *self._jvm(java),
