@@ -230,9 +230,7 @@ async def drain(
     else:
         c = replace(settings, app_id=group, metrics_port=0, log_level="warning")
         await ensure_topics(c)  # the app's internal topics, before the clock starts
-        env.update(
-            {f.metadata["env"]: str(getattr(c, f.name)) for f in c.__dataclass_fields__.values()}
-        )
+        env.update(c.to_env())
         args = ["-m", "streams", "worker"]
         topics.append(topic_name(c.topic_prefix, TELEMETRY_BY_DEVICE, c.app_id))
     start = time.monotonic()

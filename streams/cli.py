@@ -173,29 +173,19 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
     """Any topic of the contract, decoded, a record per line."""
-    from streams.produce import follow
     from streams.topics import ALL_TOPICS
 
     if args.topic not in ALL_TOPICS:
         print(f"citystreams: {args.topic!r} is not one of {', '.join(ALL_TOPICS)}", file=sys.stderr)
         return 2
 
-    async def run() -> int:
-        shown = 0
-        async for value in follow(
-            settings, settings.topic_prefix + args.topic, args.from_beginning
-        ):
-            try:
-                line = orjson.dumps(orjson.loads(value), option=orjson.OPT_SORT_KEYS).decode()
-            except orjson.JSONDecodeError:
-                line = f"(not JSON, {len(value)} bytes) {value[:120]!r}"
-            print(line, flush=True)
-            shown += 1
-            if args.count and shown >= args.count:
-                return 0
-        return 0
+    def render(value: bytes) -> str:
+        try:
+            return orjson.dumps(orjson.loads(value), option=orjson.OPT_SORT_KEYS).decode()
+        except orjson.JSONDecodeError:
+            return f"(not JSON, {len(value)} bytes) {value[:120]!r}"
 
-    return asyncio.run(run())
+    return _print_topic(settings, args.topic, args, render)
 
 
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,26 +241,36 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_topic(
+    settings: Settings, topic: str, args: argparse.Namespace, render: Callable[[bytes], str]
+) -> int:
+    """Records of ``topic`` as they arrive, a line each; stops after ``args.count``."""
+    from streams.produce import follow
+
+    async def run() -> int:
+        shown = 0
+        async for value in follow(settings, settings.topic_prefix + topic, args.from_beginning):
+            print(render(value), flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                break
+        return 0
+
+    return asyncio.run(run())
+
+
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     """Alert events as they happen, a line each."""
     from streams.backtest import describe_alert
-    from streams.produce import follow
     from streams.topics import ALERTS
 
-    async def tail() -> int:
-        shown = 0
-        async for value in follow(settings, settings.topic_prefix + ALERTS, args.from_beginning):
-            try:
-                line = describe_alert(orjson.loads(value))
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-                line = f"(unreadable alert record: {value[:80]!r})"
-            print(line, flush=True)
-            shown += 1
-            if args.count and shown >= args.count:
-                return 0
-        return 0
+    def render(value: bytes) -> str:
+        try:
+            return describe_alert(orjson.loads(value))
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+            return f"(unreadable alert record: {value[:80]!r})"
 
-    return asyncio.run(tail())
+    return _print_topic(settings, ALERTS, args, render)
 
 
 def _backtest(args: argparse.Namespace, settings: Settings) -> int:

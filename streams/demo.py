@@ -175,18 +175,11 @@ async def live_view(
 
 def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAMS_")}
-    for name, value in vars_of(settings).items():
-        env[name] = value
+    env.update(settings.to_env())
     out = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "streams", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
     )
-
-
-def vars_of(settings: Settings) -> dict[str, str]:
-    import dataclasses
-
-    return {f.metadata["env"]: str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
 
 
 async def up(

@@ -172,8 +172,9 @@ def build(
     )
     alerting = Alerting(ruleset, alert_states, settings.partitions, latest)
     liveness = Liveness(registry, ruleset.offline_k, ruleset.offline_severity)
-    # Devices heard since the last flush, by liveness partition: {device: (arrival, ts)}.
-    heard: dict[int, dict[str, tuple[int, int]]] = {}
+    # Devices heard since the last flush: {device: (arrival, ts)}. Their roots and
+    # partitions are looked up at the flush, once per device, not once per reading.
+    heard: dict[str, tuple[int, int]] = {}
     family_partition: dict[str, int] = {}  # the families this worker owns
     newest = [0]  # the newest event time accepted (for the event-time lag)
     positions: dict[tuple[str, int], int] = {}  # the last offset processed, per input
@@ -280,9 +281,7 @@ def build(
                 now = now_ms()
                 for reading, device in out.accepted:
                     if device.kind != UNKNOWN_KIND:
-                        root = root_of(registry, device.device_id)
-                        part = key_partition(root.encode(), settings.partitions)
-                        heard.setdefault(part, {})[device.device_id] = (now, reading.ts)
+                        heard[device.device_id] = (now, reading.ts)
         for key, value in out.deadletters:
             await send(deadletter_topic, key, value)
         for partition, readings in out.forwards.items():
@@ -380,13 +379,14 @@ def build(
         # makes a device look silent a second longer.
         if not heard:
             return
-        batches = list(heard.items())
+        batches: dict[int, list[list[Any]]] = {}
+        for device_id, (arrival, ts) in heard.items():
+            root = root_of(registry, device_id)
+            part = key_partition(root.encode(), settings.partitions)
+            batches.setdefault(part, []).append([root, device_id, arrival, ts])
         heard.clear()
         try:
-            for part, seen in batches:
-                notes = [
-                    [root_of(registry, d), d, arrival, ts] for d, (arrival, ts) in seen.items()
-                ]
+            for part, notes in batches.items():
                 await send(liveness_topic, None, orjson.dumps(notes), part)
         except Exception:
             log.exception("sending liveness notes failed")

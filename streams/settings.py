@@ -251,6 +251,10 @@ class Settings:
             values[name] = parsers[name](value) if isinstance(value, str) else value
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The ``CITYSTREAMS_*`` variables that make a subprocess see these settings."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     # --- derived values ------------------------------------------------------------
     @property
     def broker_port(self) -> int:

@@ -42,18 +42,6 @@ STATE_LIVENESS = "state.liveness"
 # Internal, compacted, read whole by every worker: devices' latest occupancy values.
 OCCUPANCY = "occupancy.latest"
 
-ALL_TOPICS: tuple[str, ...] = (
-    *CONTRACT_TOPICS,
-    TELEMETRY_ENRICHED,
-    TELEMETRY_BY_DEVICE,
-    WINDOWS_BY_DISTRICT,
-    STATE_DEVICE,
-    STATE_DISTRICT,
-    STATE_ALERTS,
-    LIVENESS_BY_ROOT,
-    STATE_LIVENESS,
-    OCCUPANCY,
-)
 
 COMPACTED: tuple[str, ...] = (
     DEVICES,
@@ -88,6 +76,8 @@ INTERNAL: tuple[str, ...] = (
     STATE_LIVENESS,
     OCCUPANCY,
 )
+
+ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, *INTERNAL)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,8 +74,7 @@ def settings(broker: str, tmp_path: Path) -> Settings:
 def env_for(settings: Settings) -> dict[str, str]:
     """The environment that makes a subprocess see ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAMS_")}
-    for name, f in settings.__dataclass_fields__.items():
-        env[f.metadata["env"]] = str(getattr(settings, name))
+    env.update(settings.to_env())
     env["PYTHONPATH"] = str(ROOT)
     return env
 

@@ -9,6 +9,7 @@ import pytest
 
 from streams.alerts import AlertState, decode_alerts, encode_alerts, evaluate
 from streams.enrich import Device
+from streams.registry import KINDS
 from streams.rules import Rule, RulesError, load_rules, parse_rules
 
 T = 1_795_780_800_000  # 2026-11-27T12:00:00Z (13:00 in Duisburg, a Friday)
@@ -117,10 +118,14 @@ summary = "{{device_id}} {{value}}"
 """
 
 
-def rules(**kw: Any) -> tuple[Rule, ...]:
+def rule_text(**kw: Any) -> str:
+    """One [[rule]] table: a machine rule on metric v above 1, with ``kw`` changed."""
     fields = {"name": "r", "kind": "machine", "metric": "v", "condition": "above"}
-    fields |= {"threshold": 1.0, "extra": ""} | kw
-    return parse_rules(RULE.format(**fields)).rules
+    return RULE.format(**(fields | {"threshold": 1.0, "extra": ""} | kw))
+
+
+def rules(**kw: Any) -> tuple[Rule, ...]:
+    return parse_rules(rule_text(**kw)).rules
 
 
 MACHINE = Device("dui-hamborn-ind1-m001", "machine", "Hamborn", "ind1", None, None, None, 10)
@@ -175,59 +180,27 @@ def test_schedule_school_hours_in_the_citys_time_zone() -> None:
     [
         ("[[rule]]\nname = 'x'", "kind is required"),
         (
-            RULE.format(
-                name="a", kind="toaster", metric="v", condition="above", threshold=1, extra=""
-            ),
+            rule_text(name="a", kind="toaster"),
             "kind 'toaster'",
         ),
         (
-            RULE.format(
-                name="a", kind="machine", metric="v", condition="near", threshold=1, extra=""
-            ),
+            rule_text(name="a", condition="near"),
             "condition 'near'",
         ),
         (
-            RULE.format(
-                name="a",
-                kind="machine",
-                metric="v",
-                condition="above",
-                threshold=1,
-                extra="clear = 2",
-            ),
+            rule_text(name="a", extra="clear = 2"),
             "clear 2.0 must not be above",
         ),
         (
-            RULE.format(
-                name="a",
-                kind="machine",
-                metric="v",
-                condition="above",
-                threshold=1,
-                extra='for = "5 minutes"',
-            ),
+            rule_text(name="a", extra='for = "5 minutes"'),
             "not a duration",
         ),
         (
-            RULE.format(
-                name="a",
-                kind="machine",
-                metric="v",
-                condition="above",
-                threshold=1,
-                extra='escalates = "b"',
-            ),
+            rule_text(name="a", extra='escalates = "b"'),
             "escalates 'b'",
         ),
         (
-            RULE.format(
-                name="a",
-                kind="machine",
-                metric="v",
-                condition="above",
-                threshold=1,
-                extra="colour = 3",
-            ),
+            rule_text(name="a", extra="colour = 3"),
             "unknown keys ['colour']",
         ),
         ("[[rule]\nname = 1", "line 1"),
@@ -241,25 +214,14 @@ def test_invalid_rule_files_are_refused_with_line_and_reason(text: str, error: s
 
 
 def test_an_error_names_the_line_of_its_rule() -> None:
-    good = RULE.format(
-        name="a", kind="machine", metric="v", condition="above", threshold=1, extra=""
-    )
-    bad = RULE.format(
-        name="b",
-        kind="machine",
-        metric="v",
-        condition="above",
-        threshold=1,
-        extra='severity2 = "x"',
-    )
+    good = rule_text(name="a")
+    bad = rule_text(name="b", extra='severity2 = "x"')
     with pytest.raises(ValueError, match=r"^rules.toml:12 \(b\): unknown keys"):
         parse_rules(good + bad, "rules.toml")
 
 
 def test_a_summary_with_an_unknown_field_is_refused() -> None:
-    text = RULE.format(
-        name="a", kind="machine", metric="v", condition="above", threshold=1, extra=""
-    )
+    text = rule_text(name="a")
     with pytest.raises(ValueError, match="summary"):
         parse_rules(text.replace("{value}", "{room}"), "rules.toml")
 
@@ -278,15 +240,7 @@ def test_every_default_rule_kind_and_grounded_thresholds() -> None:
         defaults["air_no2_hourly_limit"].threshold == 200
         and defaults["air_pm10_daily_limit"].threshold == 50
     )
-    assert {r.kind for r in defaults.values()} == {
-        "classroom_air",
-        "wlan_ap",
-        "cell_5g",
-        "air_quality",
-        "traffic",
-        "reefer",
-        "machine",
-    }
+    assert {r.kind for r in defaults.values()} == set(KINDS)
 
 
 def test_occupancy_co2_alerts_only_while_the_access_point_has_clients() -> None:
