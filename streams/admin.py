@@ -6,8 +6,13 @@ import asyncio
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
+from streams.security import client_kwargs
 from streams.settings import Settings
 from streams.topics import COPARTITIONED, TopicSpec, topic_specs
 
@@ -31,16 +36,18 @@ async def ensure_topics(
         if specs is not None
         else topic_specs(settings.topic_prefix, settings.partitions, settings.app_id)
     )
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.broker, request_timeout_ms=int(timeout * 1000)
-    )
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=int(timeout * 1000))
     try:
         await asyncio.wait_for(admin.start(), timeout)
     except (TimeoutError, KafkaConnectionError) as exc:
         await admin.close()
+        # aiokafka logs the cause (refused TLS handshake or SCRAM login) and raises a
+        # bare connection error: name the settings that decide both.
         raise AdminError(
             f"Kafka at {settings.broker} did not answer ({exc.__class__.__name__}): start it "
-            "with `citystreams kafka start` or set CITYSTREAMS_BROKER."
+            "with `citystreams kafka start` or set CITYSTREAMS_BROKER; with "
+            f"CITYSTREAMS_SECURITY_PROTOCOL={settings.security_protocol}, check the "
+            "CITYSTREAMS_SSL_* and CITYSTREAMS_SASL_* settings (the log above says why)."
         ) from None
     try:
         existing = set(await admin.list_topics())
@@ -61,6 +68,15 @@ async def ensure_topics(
             for name, code, *rest in response.topic_errors:
                 if code == 0:
                     created.append(name)
+                elif code == TopicAuthorizationFailedError.errno:
+                    # A topic this principal may not see looks missing; creating it is
+                    # refused whether or not it exists (Kafka does not say which).
+                    raise AdminError(
+                        f"not allowed to create topic {name} as "
+                        f"{settings.sasl_username or 'this client'}: an admin creates the "
+                        "topics (`citystreams topics create`), and deploy/kafka/ACLS.md "
+                        "lists what each principal may see"
+                    )
                 elif code != TopicAlreadyExistsError.errno:  # another worker won the race
                     raise AdminError(f"creating topic {name} failed: error {code} {rest}")
         if created:

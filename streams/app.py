@@ -9,22 +9,50 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from streams.admin import ensure_topics
+from streams.security import describe, faust_credentials
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def _read_committed() -> None:
+    """Make faust's group consumer read with ``isolation_level=read_committed``.
+
+    faust picks read_committed only with its own exactly-once mode, which would also
+    replace its producer with one transaction per partition around faust's sends; our
+    pipeline runs its own transactions (streams.pipeline.Transactions). Records of an
+    aborted transaction (a worker killed mid-checkpoint) must not be read from the
+    internal topics. Without transactions on a topic both levels read the same.
+    """
+    thread = aiokafka_driver.AIOKafkaConsumerThread
+    if getattr(thread, "_citystreams_read_committed", False):
+        return
+    create = thread._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+    thread._citystreams_read_committed = True  # type: ignore[attr-defined]
+
+
 def create_app(settings: Settings) -> faust.App:
     """A faust app configured for citystreams; it has no agents yet."""
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
+    _read_committed()
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.broker}",
+        # TLS and SCRAM for faust's consumer and producer (None: PLAINTEXT).
+        broker_credentials=faust_credentials(settings),
         # The pipeline has no faust tables (streams/state.py keeps its own changelogs).
         store="memory://",
         datadir=str(settings.worker_dir),
@@ -55,6 +83,7 @@ def run_worker(
     loglevel: str | None = None,
 ) -> NoReturn:
     """Create the topics, build the app and run one worker until it is stopped."""
+    log.info("Kafka: %s", describe(settings))
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     # Source topics must exist before the consumer joins the group: faust ignores a

@@ -12,9 +12,17 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 from streams import __version__
 from streams.admin import AdminError, ensure_topics
@@ -24,10 +32,18 @@ from streams.settings import Settings, SettingsError, settings_table
 
 if TYPE_CHECKING:
     from streams.simulate import City
+    from streams.topics import TopicSpec
 
 log = logging.getLogger("citystreams")
 
 Command = Callable[[argparse.Namespace, Settings], int]
+# What the broker's authorizer answers when no ACL allows a request.
+_REFUSED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 
 def _progress(line: str) -> None:
@@ -35,7 +51,12 @@ def _progress(line: str) -> None:
 
 
 def _kafka(args: argparse.Namespace, settings: Settings) -> int:
-    kafka = LocalKafka(settings, port=args.port)
+    security = None
+    if args.secure is not None:
+        from streams.localkafka import BrokerSecurity
+
+        security = BrokerSecurity.from_dir(Path(args.secure))
+    kafka = LocalKafka(settings, port=args.port, security=security)
     if args.action == "fetch":
         print(kafka.fetch(progress=_progress))
         return 0
@@ -219,7 +240,9 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    asyncio.run(ensure_topics(settings))
+    # Only the topic it writes: the registry publisher may see no other (see
+    # deploy/kafka/ACLS.md), and would take the rest for missing ones to create.
+    asyncio.run(ensure_topics(settings, _specs(settings, DEVICES)))
     count = asyncio.run(
         publish(settings, settings.topic_prefix + DEVICES, device_messages(records))
     )
@@ -234,10 +257,57 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     with open(args.file, "rb") as f:
         messages, unkeyed = telemetry_messages(f.read())
     topic = settings.topic_prefix + TELEMETRY_RAW
-    asyncio.run(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings, _specs(settings, TELEMETRY_RAW)))  # see _registry
     count = asyncio.run(publish(settings, topic, messages))
     note = f" ({unkeyed} without a device_id key)" if unkeyed else ""
     print(f"sent {count} message(s) to {topic}{note}")
+    return 0
+
+
+def _specs(settings: Settings, base: str) -> list[TopicSpec]:
+    """The spec of one topic of ``topics create``."""
+    from streams.topics import topic_specs
+
+    specs = topic_specs(settings.topic_prefix, settings.partitions, settings.app_id)
+    return [s for s in specs if s.base == base]
+
+
+def _acls(args: argparse.Namespace, settings: Settings) -> int:
+    """The ACLs of each principal (deploy/kafka/ACLS.md): shown as kafka-acls.sh
+    commands, or created with the current (admin) credentials."""
+    from streams import security
+    from streams.topics import ALL_TOPICS
+
+    if args.markdown:
+        print(security.acl_markdown(security.example_acls(Settings.from_env({}))))
+        return 0
+    acls = [  # in the order of deploy/kafka/ACLS.md
+        *security.ingest_acls(settings, args.ingest),
+        *security.registry_acls(settings, args.registry),
+        *security.pipeline_acls(settings, args.pipeline),
+    ]
+    for spec in args.consumer or []:
+        user, _, rest = spec.partition(":")
+        group, _, topics = rest.partition(":")
+        names = [t for t in topics.split(",") if t]
+        unknown = [t for t in names if t not in ALL_TOPICS]
+        if not user or not names or unknown:
+            print(
+                f"citystreams: --consumer {spec!r}: expected USER:GROUP:TOPIC[,TOPIC...] "
+                f"with topics among {', '.join(ALL_TOPICS)}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            acls += security.consumer_acls(settings, user, names, group or None)
+        except ValueError as exc:
+            print(f"citystreams: --consumer {spec!r}: {exc}", file=sys.stderr)
+            return 2
+    if args.action == "show":
+        print(security.acl_commands(acls))
+        return 0
+    count = asyncio.run(security.create_acls(settings, acls))
+    print(f"{count} ACL(s) in place")
     return 0
 
 
@@ -321,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
     kafka.add_argument(
         "--port", type=int, default=None, help="listener port (default: CITYSTREAMS_BROKER's)"
+    )
+    kafka.add_argument(
+        "--secure",
+        metavar="DIR",
+        help="start: a SASL_SSL listener with DIR/server.pem (key and chain), DIR/ca.pem and "
+        "SCRAM users DIR/users/<name> (password files; `admin` is the super user)",
     )
     kafka.set_defaults(func=_kafka)
 
@@ -410,6 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, default=0, help="stop after this many records")
     tail.set_defaults(func=_tail)
 
+    acls = sub.add_parser("acls", help="the Kafka ACLs of each principal (deploy/kafka/ACLS.md)")
+    acls.add_argument(
+        "action",
+        choices=["show", "apply"],
+        nargs="?",
+        default="show",
+        help="show: kafka-acls.sh commands; apply: create them (with admin credentials)",
+    )
+    acls.add_argument("--pipeline", default="pipeline", help="the workers' SCRAM user")
+    acls.add_argument("--ingest", default="ingest", help="the telemetry senders' SCRAM user")
+    acls.add_argument("--registry", default="registry", help="the registry publisher's user")
+    acls.add_argument(
+        "--consumer",
+        action="append",
+        metavar="USER:GROUP:TOPIC[,TOPIC...]",
+        help="a downstream consumer, its group (may be empty) and topics (repeatable)",
+    )
+    acls.add_argument("--markdown", action="store_true", help="print deploy/kafka/ACLS.md's table")
+    acls.set_defaults(func=_acls)
+
     settings = sub.add_parser("settings", help="show the effective settings")
     settings.add_argument("--markdown", action="store_true", help="print the README's table")
     settings.set_defaults(func=_settings)
@@ -432,6 +528,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args, settings)
     except (KafkaError, AdminError, SettingsError, RulesError) as exc:
         print(f"citystreams: {exc}", file=sys.stderr)
+        return 1
+    except KafkaConnectionError as exc:
+        # aiokafka has logged why (unreachable, TLS handshake, SCRAM login refused).
+        print(
+            f"citystreams: no connection to Kafka at {settings.broker} ({exc}): check "
+            "CITYSTREAMS_BROKER and, with CITYSTREAMS_SECURITY_PROTOCOL="
+            f"{settings.security_protocol}, the CITYSTREAMS_SSL_* and CITYSTREAMS_SASL_* "
+            "settings",
+            file=sys.stderr,
+        )
+        return 1
+    except _REFUSED as exc:
+        who = settings.sasl_username or "this client"
+        print(
+            f"citystreams: Kafka refused {who}: {exc} (no ACL allows it; "
+            "deploy/kafka/ACLS.md lists each principal's)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

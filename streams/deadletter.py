@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import base64
+from typing import Any, Final
 
 import orjson
 
 from streams.validate import Reject
+
+# A rejected message can be as large as the broker accepts (about 1 MB); its base64 is a
+# third larger and would not fit a Kafka record itself, so the dead letter would fail
+# and hold up the partition. Longer payloads keep their first bytes and their length;
+# topic, partition and offset still find the whole original.
+PAYLOAD_MAX: Final = 65_536
 
 
 def deadletter_record(
@@ -19,19 +26,21 @@ def deadletter_record(
 ) -> bytes:
     """The contract's dead-letter record, serialised. ``index`` is an additive field:
     the reading's position in a gateway batch (null for a whole message)."""
-    return orjson.dumps(
-        {
-            "reason": reject.reason,
-            "detail": reject.detail,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "key": _key_text(key),
-            "payload_b64": base64.b64encode(reject.payload).decode("ascii"),
-            "at": at_ms,
-            "index": reject.position,
-        }
-    )
+    payload = reject.payload
+    record: dict[str, Any] = {
+        "reason": reject.reason,
+        "detail": reject.detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": _key_text(key),
+        "payload_b64": base64.b64encode(payload[:PAYLOAD_MAX]).decode("ascii"),
+        "at": at_ms,
+        "index": reject.position,
+    }
+    if len(payload) > PAYLOAD_MAX:
+        record["payload_bytes"] = len(payload)
+    return orjson.dumps(record)
 
 
 def _key_text(key: bytes | None) -> str | None:

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from streams.admin import ensure_topics
 from streams.backtest import describe_alert
 from streams.produce import device_messages, follow, publish
+from streams.security import client_kwargs
 from streams.settings import Settings
 from streams.simulate import City
 from streams.topics import ALERTS, DEVICES, TELEMETRY_RAW
@@ -87,7 +88,7 @@ async def run_city(
 ) -> None:
     """Send the city's telemetry, paced; returns after ``duration_s`` (or never)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker, linger_ms=20, max_request_size=2**20, acks=1
+        **client_kwargs(settings), linger_ms=20, max_request_size=2**20, acks=1
     )
     await producer.start()
     raw = settings.topic_prefix + TELEMETRY_RAW

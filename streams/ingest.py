@@ -13,6 +13,7 @@ on ``seq`` and handed on, enriched.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -251,17 +252,35 @@ class Ingest:
             else:
                 active.pop(device_id, None)
 
-    def tick(self, now_ms: int, out: Outbox) -> None:
-        """The idle timer: close windows of devices that went quiet."""
+    def tick(
+        self,
+        now_ms: int,
+        out: Outbox,
+        since: Mapping[int, int] | None = None,
+        busy: frozenset[int] | set[int] = frozenset(),
+        since_ms: int = 0,
+        observed: Mapping[int, int] | None = None,
+    ) -> None:
+        """The idle timer: close windows of devices that went quiet. Silence counts
+        from ``since[partition]`` (default ``since_ms``, the takeover) at the earliest,
+        and up to ``observed[partition]`` at the latest (the broker's latest answer for
+        that input: later silence may be an outage); partitions in ``busy`` have input
+        not yet read, or none readable at all, so none of their devices is quiet now."""
+        since = since or {}
+        observed = observed or {}
         cfg = self.windows
         get_device = self.registry.devices.get
         done: list[str] = []
         for device_id, partition in self.active.items():
+            if partition in busy:
+                continue
             state = self.states.get(device_id)
             if state is None:
                 done.append(device_id)
                 continue
-            closed = close_idle(state, now_ms, cfg.size_ms, cfg.grace_ms, cfg.idle_ms)
+            quiet_from = since.get(partition, since_ms)
+            until = min(now_ms, observed.get(partition, now_ms))
+            closed = close_idle(state, until, cfg.size_ms, cfg.grace_ms, cfg.idle_ms, quiet_from)
             if not closed:
                 continue
             device = get_device(device_id) or unknown_device(device_id)

@@ -8,15 +8,16 @@ between Kafka and those stages.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.alerts import Alerting, AlertState, decode_alerts, encode_alerts
 from streams.districts import (
@@ -39,7 +40,8 @@ from streams.liveness import Family, Liveness, decode_family, encode_family, roo
 from streams.metrics import Metrics, serve
 from streams.routing import device_partition, key_partition
 from streams.rules import RuleSet, load_rules
-from streams.settings import Settings
+from streams.security import client_kwargs
+from streams.settings import EXACTLY_ONCE, Settings
 from streams.state import DurableMap, load_partitions, read_to_end
 from streams.topics import (
     ALERTS,
@@ -207,6 +209,9 @@ def build(
     step = asyncio.Lock()
 
     producer = app.producer
+    # Exactly-once: every output, state record and input offset of a checkpoint is one
+    # transaction of this worker's own transactional producer (started by `prepare`).
+    transactions = Transactions(settings) if settings.processing_guarantee == EXACTLY_ONCE else None
 
     async def send(
         topic: Any, key: bytes | None, value: bytes, partition: int | None = None
@@ -215,9 +220,15 @@ def build(
         # future-message and callback layers cost more than the rest of a reading's path
         # (cProfile), and our bytes need none of them.
         name = topic.get_topic_name()
+        if transactions is not None:
+            inflight.append(await transactions.send(name, key, value, partition))
+            return
         inflight.append(await producer.send(name, key, value, partition, None, None))
 
     async def checkpoint() -> None:
+        if transactions is not None:
+            await checkpoint_transaction(transactions)
+            return
         async with checkpoint_lock:
             async with step:  # one instant: events, the state they made, their outputs
                 events = pending[:]
@@ -240,6 +251,28 @@ def build(
             for event in events:
                 event.ack()
 
+    async def checkpoint_transaction(txn: Transactions) -> None:
+        # Under `step` throughout: nothing may join the transaction after the snapshot
+        # (an output whose input offset is not in it would be committed without it).
+        # Processing pauses for the commit, a few ms per STATE_FLUSH_MS.
+        async with checkpoint_lock, step:
+            events = pending[:]
+            pending.clear()
+            writes = [w for m in maps for w in m.collect()]
+            for w in writes:
+                await txn.send(w.sink.get_topic_name(), w.key, w.value, w.partition)
+            offsets: dict[TopicPartition, int] = {}
+            for event in events:
+                msg = event.message
+                tp = TopicPartition(msg.topic, msg.partition)
+                offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
+            await txn.commit(offsets, settings.app_id)
+            inflight.clear()
+        # faust commits these offsets again when it sees them acknowledged: the same
+        # values, harmless; the transaction already holds them.
+        for event in events:
+            event.ack()
+
     background: set[asyncio.Task[None]] = set()
 
     def start_checkpoint() -> None:
@@ -250,8 +283,22 @@ def build(
 
     def _finished(task: asyncio.Task[None]) -> None:
         background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("checkpoint failed; retrying later", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            crash = asyncio.ensure_future(checkpoint_failed(exc))
+            background.add(crash)
+
+    async def checkpoint_failed(exc: BaseException) -> None:
+        # Kafka refused an output or a state record for good (retriable errors are
+        # retried by the producer, for as long as the broker is away). The events of
+        # that checkpoint are neither acknowledged nor resendable here: stop, so that
+        # the input is read again from the committed offsets (by a restarted worker or
+        # the others). Going on would leave a gap that blocks commits, or lose outputs.
+        log.critical(
+            "checkpoint failed (%r): stopping the worker so its uncommitted input is "
+            "processed again; nothing acknowledged is lost",
+            exc,
+        )
+        await app.crash(exc)
 
     app.sensors.add(_CheckpointOnCommit(start_checkpoint))
 
@@ -353,6 +400,49 @@ def build(
             pending.append(event)
 
     # --- timers: windows close when input goes quiet -----------------------------------
+    # Silence means "nothing arrived while the input was readable". Per device input
+    # (topic, partition): read to its end since the takeover (a backlog is not silence),
+    # or cut off from the broker (no fetch answer: a broker or network outage is not
+    # silence either; once it answers again, devices get a whole idle period from then).
+    caught_up: set[tuple[str, int]] = set()
+    input_down: set[tuple[str, int]] = set()
+    quiet_from: dict[int, int] = {}  # device partition -> silence counts from here
+
+    def quiet_state(now: int) -> tuple[dict[int, int], dict[int, int], set[int]]:
+        """For the idle timer, per device partition: since when silence counts, up to
+        when it has been observed (the broker's latest fetch answer: silence after that
+        is not known yet), and the partitions whose devices cannot be judged now."""
+        consumer = app.consumer
+        busy: set[int] = set()
+        observed: dict[int, int] = {}
+        for tp in consumer.assignment():
+            key = (tp.topic, tp.partition)
+            if tp.topic not in device_inputs:
+                continue
+            fetched = _last_fetch(app, tp)
+            if fetched is not None:
+                observed[tp.partition] = min(fetched, observed.get(tp.partition, fetched))
+            if fetched is not None and now - fetched > STALE_FETCH_MS:
+                input_down.add(key)
+                caught_up.discard(key)
+                busy.add(tp.partition)
+                continue
+            if key in input_down:
+                input_down.discard(key)
+                quiet_from[tp.partition] = max(quiet_from.get(tp.partition, 0), now)
+            if key in caught_up:
+                continue
+            high = consumer.highwater(tp)
+            last = positions.get(key)
+            if high is None or last is None:
+                continue  # nothing read yet: the takeover time guards it
+            if high - last - 1 > 0:
+                busy.add(tp.partition)
+            else:
+                caught_up.add(key)
+        since = {p: max(t, owned_since[0]) for p, t in quiet_from.items()}
+        return since, observed, busy
+
     @app.timer(1.0)
     async def close_quiet_windows() -> None:
         if not ready.is_set():
@@ -361,10 +451,13 @@ def build(
         try:
             async with step:
                 out = Outbox()
-                ingest_stage.tick(now_ms(), out)
+                now = now_ms()
+                since, observed, busy = quiet_state(now)
+                ingest_stage.tick(now, out, since, busy, owned_since[0], observed)
                 await drain(out)
                 district_out = DistrictOutbox()
-                district_stage.tick(now_ms(), district_out)
+                if not input_down:  # (device windows may be held up: no timeouts now)
+                    district_stage.tick(now, district_out)
                 for key, value in district_out.records:
                     await send(district_windows_topic, key, value)
                     metrics.district_window(orjson.loads(value))
@@ -386,8 +479,9 @@ def build(
             batches.setdefault(part, []).append([root, device_id, arrival, ts])
         heard.clear()
         try:
-            for part, notes in batches.items():
-                await send(liveness_topic, None, orjson.dumps(notes), part)
+            async with step:  # (exactly-once: never in the middle of a commit)
+                for part, notes in batches.items():
+                    await send(liveness_topic, None, orjson.dumps(notes), part)
         except Exception:
             log.exception("sending liveness notes failed")
 
@@ -476,9 +570,8 @@ def build(
     async def checkpoint_state() -> None:
         try:
             await checkpoint()
-        except Exception:
-            # Events stay unacknowledged: they are redelivered if this worker stops.
-            log.exception("checkpoint failed; retrying at the next interval")
+        except Exception as exc:
+            await checkpoint_failed(exc)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -501,18 +594,19 @@ def build(
         # any agent or timer touches it: state partition p belongs to input partition p.
         ready.clear()
         await checkpoint()
+        started = time.monotonic()
         owned_devices = {tp.partition for tp in assigned if tp.topic in device_inputs}
         owned_districts = {tp.partition for tp in assigned if tp.topic in district_inputs}
         owned_families = {tp.partition for tp in assigned if tp.topic == liveness_topic_name}
         owned = [owned_devices, owned_districts, owned_devices, owned_families]
         loaded = await asyncio.gather(
-            *(
-                load_partitions(settings.broker, m.topic, p)
-                for m, p in zip(maps, owned, strict=True)
-            )
+            *(load_partitions(settings, m.topic, p) for m, p in zip(maps, owned, strict=True))
         )
         for m, records in zip(maps, loaded, strict=True):
             m.replace(records)
+        caught_up.clear()
+        input_down.clear()
+        quiet_from.clear()
         family_partition.clear()
         for root in list(families.stored):
             family_partition[root.decode()] = families.partition_of[root]
@@ -529,9 +623,12 @@ def build(
             if dstate.open:
                 district_stage.active[key] = key_partition(key.encode(), settings.partitions)
         log.info(
-            "state loaded: %d devices (partitions %s), %d districts (partitions %s)",
+            "state loaded in %.2f s: %d devices (partitions %s, digest %s), "
+            "%d districts (partitions %s)",
+            time.monotonic() - started,
             len(device_states),
             sorted(owned_devices),
+            state_digest(device_states.stored),
             len(district_states),
             sorted(owned_districts),
         )
@@ -540,6 +637,8 @@ def build(
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
         await checkpoint()  # before faust stops the producer
+        if transactions is not None:
+            await transactions.stop()
 
     # --- the device registry, whole on every worker ----------------------------------
     @app.task
@@ -557,10 +656,98 @@ def build(
         serve(metrics, settings.bind, settings.metrics_port)
 
     async def prepare() -> None:
+        if transactions is not None:
+            # Fences this instance's previous incarnation and aborts its open
+            # transaction before anything is read.
+            await transactions.start()
         await follower.load()
         log.info("registry loaded: %d devices", len(registry))
 
     return prepare
+
+
+class Transactions:
+    """This worker's transactional producer: a transaction is begun by the first send
+    after a commit and committed, with the input offsets, by the checkpoint."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.transactional_id = f"{settings.app_id}-{settings.instance_id}"
+        self._producer: AIOKafkaProducer | None = None
+        self.open = False
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "Transactions.start() first"
+        return self._producer
+
+    async def start(self) -> None:
+        # (aiokafka clients are made inside the event loop that runs them)
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(self.settings),
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            max_request_size=2**20,
+            transaction_timeout_ms=int(self.settings.transaction_timeout_s * 1000),
+        )
+        await self._producer.start()
+        log.info("exactly-once: transactional id %s", self.transactional_id)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
+    ) -> Awaitable[Any]:
+        if not self.open:
+            await self.producer.begin_transaction()
+            self.open = True
+        future: Awaitable[Any] = await self.producer.send(
+            topic, value, key=key, partition=partition
+        )
+        return future
+
+    async def commit(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
+        if not offsets and not self.open:
+            return
+        if not self.open:
+            await self.producer.begin_transaction()
+            self.open = True
+        if offsets:
+            await self.producer.send_offsets_to_transaction(offsets, group_id)
+        await self.producer.commit_transaction()
+        self.open = False
+
+
+# faust's consumer fetches with a 1.5 s long poll: a partition whose latest fetch
+# answer is older than this is cut off from the broker.
+STALE_FETCH_MS = 5_000
+
+
+def _last_fetch(app: faust.App, tp: Any) -> int | None:
+    """Wall time (ms) of the broker's latest fetch answer for ``tp``, from the aiokafka
+    consumer inside faust's (not public API: None when it cannot be had, and the idle
+    timer then relies on the takeover time alone)."""
+    try:
+        consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
+        stamp = consumer.last_poll_timestamp(tp)
+    except (AttributeError, AssertionError, KeyError, TypeError):
+        return None
+    return int(stamp) if stamp is not None else None
+
+
+def state_digest(stored: Mapping[bytes, bytes]) -> str:
+    """A short digest of a state store's records (key order does not matter): lets an
+    operator or a test compare the state a worker restored with its changelog."""
+    h = hashlib.sha256()
+    for key in sorted(stored):
+        h.update(len(key).to_bytes(4, "big") + key)
+        value = stored[key]
+        h.update(len(value).to_bytes(4, "big") + value)
+    return h.hexdigest()[:16]
 
 
 def _apply_latest(
@@ -619,10 +806,11 @@ class Follower:
 
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.broker,
+            **client_kwargs(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # occupancy is written in transactions
         )
 
     def _apply(self, tp: TopicPartition, records: list[Any]) -> None:

@@ -3,12 +3,14 @@ alerts."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.security import client_kwargs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,18 +59,22 @@ async def publish(
     settings: Settings, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
 ) -> int:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker, acks="all", linger_ms=5, max_request_size=2**20
+        **client_kwargs(settings), acks="all", linger_ms=5, max_request_size=2**20
     )
     await producer.start()
-    count = 0
+    deliveries = []
     try:
         for key, value in messages:
-            await producer.send(topic, value, key=key)
-            count += 1
-        await producer.flush()
+            deliveries.append(await producer.send(topic, value, key=key))
+        # flush() does not report failed deliveries (a refused ACL, a too-large
+        # message): the futures do, and a message counts as sent once Kafka has it.
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
     finally:
         await producer.stop()
-    return count
+    return len(deliveries)
 
 
 async def follow(
@@ -77,13 +83,13 @@ async def follow(
     """The values of ``topic`` as they arrive (a consumer of no group: nothing committed)."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.broker,
+        **client_kwargs(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a refused start must still close the client
         async for record in consumer:
             if record.value is not None:
                 yield record.value

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PREFIX = "CITYSTREAMS_"
+EXACTLY_ONCE = "exactly_once"
 
 
 def _home() -> Path:
@@ -63,6 +65,18 @@ def _choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _upper_choice(*options: str) -> Callable[[str], str]:
+    """Like :func:`_choice` for names Kafka spells in capitals (`SASL_SSL`)."""
+
+    def parse(raw: str) -> str:
+        value = raw.strip().upper()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
     """A field backed by ``CITYSTREAMS_<env>``; ``default`` may be a zero-argument callable."""
     meta = {"env": PREFIX + env, "doc": doc, "parse": parse}
@@ -97,6 +111,65 @@ class Settings:
         "APP_ID",
         "citystreams",
         "Consumer group of the workers; also names their internal changelog topics.",
+    )
+    # --- Kafka security ----------------------------------------------------------
+    # Secrets are never values of a variable (they would show in `ps e`, in the
+    # environment dumps of crash reports and in `citystreams settings`): a variable
+    # names the file, and streams/security.py reads it when a client connects.
+    security_protocol: str = _setting(
+        "SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "How clients talk to Kafka: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or "
+        "`SASL_SSL` (TLS and a SCRAM login; what a shared cluster should use).",
+        _upper_choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    ssl_cafile: Path | None = _setting(
+        "SSL_CAFILE",
+        None,
+        "PEM file of the CA certificates that sign the brokers' certificates (`SSL`, "
+        "`SASL_SSL`); empty: the system's CAs. Broker host names are always verified.",
+        Path,
+    )
+    ssl_certfile: Path | None = _setting(
+        "SSL_CERTFILE",
+        None,
+        "PEM client certificate (chain), for brokers that require TLS client "
+        "authentication; empty: none.",
+        Path,
+    )
+    ssl_keyfile: Path | None = _setting(
+        "SSL_KEYFILE",
+        None,
+        "PEM private key of `CITYSTREAMS_SSL_CERTFILE`; empty: the key is in the certificate file.",
+        Path,
+    )
+    ssl_key_password_file: Path | None = _setting(
+        "SSL_KEY_PASSWORD_FILE",
+        None,
+        "File holding the password of an encrypted `CITYSTREAMS_SSL_KEYFILE`; empty: "
+        "the key is not encrypted.",
+        Path,
+    )
+    sasl_mechanism: str = _setting(
+        "SASL_MECHANISM",
+        "SCRAM-SHA-512",
+        "SASL mechanism (`SASL_*` protocols): `SCRAM-SHA-512` or `SCRAM-SHA-256`. "
+        "(`PLAIN` is not offered: it sends the password itself.)",
+        _upper_choice("SCRAM-SHA-512", "SCRAM-SHA-256"),
+    )
+    sasl_username: str = _setting(
+        "SASL_USERNAME",
+        "",
+        "SCRAM user name, the principal the ACLs of deploy/kafka/ACLS.md are granted to "
+        "(`SASL_*` protocols).",
+    )
+    sasl_password_file: Path | None = _setting(
+        "SASL_PASSWORD_FILE",
+        None,
+        "File holding the SCRAM password (`SASL_*` protocols; trailing newline "
+        "ignored). Read when a client connects; there is no variable for the password "
+        "itself.",
+        Path,
     )
     # --- local state and the project-managed broker --------------------------------
     state_dir: Path = _setting(
@@ -185,6 +258,32 @@ class Settings:
         "written before every rebalance and shutdown.",
         _positive_int,
     )
+    processing_guarantee: str = _setting(
+        "PROCESSING_GUARANTEE",
+        "at_least_once",
+        "`at_least_once`: a worker killed between writing an output and committing its "
+        "input writes that output again, identical (consumers de-duplicate on the "
+        "contract's keys). `exactly_once`: each checkpoint's outputs, state and input "
+        "offsets are one Kafka transaction; consumers that read with "
+        "`isolation.level=read_committed` see every output once. Costs latency (outputs "
+        "become visible at the checkpoint, every `STATE_FLUSH_MS`) and some throughput.",
+        _choice("at_least_once", "exactly_once"),
+    )
+    instance_id: str = _setting(
+        "INSTANCE_ID",
+        socket.gethostname,
+        "Stable name of this worker among the app's workers (exactly-once: its "
+        "transactional id is `<app id>-<instance id>`, so a restarted worker fences "
+        "its previous incarnation and aborts its open transaction at once). Give each "
+        "worker of a host its own, e.g. a StatefulSet's pod name.",
+    )
+    transaction_timeout_s: float = _setting(
+        "TRANSACTION_TIMEOUT_S",
+        15.0,
+        "Exactly-once: the broker aborts a transaction left open this long by a worker "
+        "that died and did not come back under the same instance id.",
+        _positive_float,
+    )
 
     # --- windows -----------------------------------------------------------------
     window_s: int = _setting(
@@ -231,6 +330,54 @@ class Settings:
                 f"CITYSTREAMS_DISTRICT_WINDOW_S ({self.district_window_s}) must be a multiple "
                 f"of CITYSTREAMS_WINDOW_S ({self.window_s})"
             )
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Combinations that cannot work, or that would silently not do what the
+        operator meant (a user name with a protocol that sends none), fail at start.
+        Whether the files exist is checked when a client connects (streams/security.py),
+        so that a secret mounted after the process started is still found."""
+        protocol = self.security_protocol
+        sasl = protocol.startswith("SASL_")
+        tls = protocol.endswith("SSL")
+        if sasl and not self.sasl_username:
+            raise SettingsError(
+                f"CITYSTREAMS_SECURITY_PROTOCOL={protocol} needs CITYSTREAMS_SASL_USERNAME"
+            )
+        if sasl and self.sasl_password_file is None:
+            raise SettingsError(
+                f"CITYSTREAMS_SECURITY_PROTOCOL={protocol} needs CITYSTREAMS_SASL_PASSWORD_FILE "
+                "(a file holding the password)"
+            )
+        if not sasl:
+            for name, value in (
+                ("CITYSTREAMS_SASL_USERNAME", self.sasl_username),
+                ("CITYSTREAMS_SASL_PASSWORD_FILE", self.sasl_password_file),
+            ):
+                if value:
+                    raise SettingsError(
+                        f"{name} is set but CITYSTREAMS_SECURITY_PROTOCOL={protocol} does not "
+                        "log in: use SASL_SSL (or SASL_PLAINTEXT), or unset it"
+                    )
+        if not tls:
+            for name, value in (
+                ("CITYSTREAMS_SSL_CAFILE", self.ssl_cafile),
+                ("CITYSTREAMS_SSL_CERTFILE", self.ssl_certfile),
+                ("CITYSTREAMS_SSL_KEYFILE", self.ssl_keyfile),
+                ("CITYSTREAMS_SSL_KEY_PASSWORD_FILE", self.ssl_key_password_file),
+            ):
+                if value is not None:
+                    raise SettingsError(
+                        f"{name} is set but CITYSTREAMS_SECURITY_PROTOCOL={protocol} does not "
+                        "use TLS: use SSL or SASL_SSL, or unset it"
+                    )
+        if self.ssl_certfile is None:
+            for name, value in (
+                ("CITYSTREAMS_SSL_KEYFILE", self.ssl_keyfile),
+                ("CITYSTREAMS_SSL_KEY_PASSWORD_FILE", self.ssl_key_password_file),
+            ):
+                if value is not None:
+                    raise SettingsError(f"{name} is set without CITYSTREAMS_SSL_CERTFILE")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -253,7 +400,11 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The ``CITYSTREAMS_*`` variables that make a subprocess see these settings."""
-        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        # An unset optional file is the empty string, which from_env reads as unset.
+        return {
+            f.metadata["env"]: "" if (value := getattr(self, f.name)) is None else str(value)
+            for f in dataclasses.fields(self)
+        }
 
     # --- derived values ------------------------------------------------------------
     @property
@@ -280,7 +431,7 @@ def settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         if f.default is not dataclasses.MISSING:
-            default = f"`{f.default}`" if f.default != "" else "(empty)"
+            default = f"`{f.default}`" if f.default not in ("", None) else "(empty)"
         else:
             default = f"`{_describe_factory(f.name)}`"
         rows.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['doc']} |")
@@ -290,5 +441,6 @@ def settings_table() -> str:
 def _describe_factory(name: str) -> str:
     return {
         "state_dir": "~/.local/state/citystreams",
+        "instance_id": "the host name",
         "kafka_cache": "~/.cache/citystreams/kafka",
     }[name]

@@ -21,6 +21,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.security import client_kwargs
+from streams.settings import Settings
+
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
@@ -137,17 +140,23 @@ async def read_to_end(
             apply(tp, records)
 
 
-async def load_partitions(broker: str, topic: str, partitions: Iterable[int]) -> dict[int, Records]:
-    """The records of ``topic``'s ``partitions``, read whole by a consumer of no group."""
+async def load_partitions(
+    settings: Settings, topic: str, partitions: Iterable[int]
+) -> dict[int, Records]:
+    """The records of ``topic``'s ``partitions``, read whole by a consumer of no group
+    (connecting as ``settings`` say: TLS, SCRAM)."""
     wanted = sorted(set(partitions))
     out: dict[int, Records] = {p: [] for p in wanted}
     if not wanted:
         return out
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=broker,
+        **client_kwargs(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # Exactly-once: state of a transaction that was aborted (a worker killed
+        # mid-checkpoint) is not state. Without transactions this reads the same.
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

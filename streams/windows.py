@@ -12,6 +12,9 @@ minus the grace. A window closes, and is emitted once, when
 2. the idle timer finds the wall clock past the window's end plus the grace *and*
    the device silent for ``idle`` of wall time (input went quiet; without the second
    condition a backlog being uploaded right now would be closed under its feet).
+   Silence counts from the partition's takeover at the earliest, and a partition whose
+   input is not yet read to its end is not visited (a restarted worker's backlog is
+   not silence).
 
 A reading whose window has already closed is late: it is not added, and the caller
 dead-letters it with reason ``late``.
@@ -143,9 +146,15 @@ def add_reading(
     return False, _close_until(state, watermark, size)
 
 
-def close_idle(state: DeviceState, now_ms: int, size: int, grace: int, idle: int) -> list[Closed]:
-    """The idle timer: close what the wall clock says is over, if the device is silent."""
-    if not state.open or now_ms - state.last_arrival < idle:
+def close_idle(
+    state: DeviceState, now_ms: int, size: int, grace: int, idle: int, since: int = 0
+) -> list[Closed]:
+    """The idle timer: close what the wall clock says is over, if the device is silent.
+
+    Silence counts from ``since`` at the earliest (the takeover of its partition): a
+    worker that was down for a while has the device's backlog still to read, and its
+    last arrival is old only because nobody was reading."""
+    if not state.open or now_ms - max(state.last_arrival, since) < idle:
         return []
     return _close_until(state, now_ms - grace, size)
 

@@ -10,12 +10,22 @@ from aiokafka.structs import ConsumerRecord
 
 
 async def consume_records(
-    broker: str, topic: str, want: int, timeout: float = 60.0, settle: float = 0.0
+    broker: str,
+    topic: str,
+    want: int,
+    timeout: float = 60.0,
+    settle: float = 0.0,
+    isolation_level: str = "read_committed",
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Read ``topic`` from the beginning until ``want`` records or ``timeout`` seconds;
-    then keep reading for ``settle`` seconds more, to catch records that should not be there."""
+    then keep reading for ``settle`` seconds more, to catch records that should not be there.
+    Read committed, as downstream consumers do (exactly-once's outputs are transactional)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=broker, auto_offset_reset="earliest", group_id=None
+        topic,
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

@@ -139,7 +139,9 @@ def test_bad_messages_produce_schema_valid_dead_letters(stage: Ingest, raw: byte
     record = orjson.loads(out.deadletters[0][1])
     validator("deadletter").validate(record)
     assert (record["topic"], record["partition"], record["key"]) == ("telemetry.raw", 0, "k")
-    assert base64.b64decode(record["payload_b64"]) == raw
+    # the original bytes; beyond 64 KiB their beginning and their length
+    assert base64.b64decode(record["payload_b64"]) == raw[:65_536]
+    assert record.get("payload_bytes", len(raw)) == len(raw)
 
 
 def test_a_message_redelivered_after_a_restart_is_not_applied_twice(stage: Ingest) -> None:
@@ -156,3 +158,16 @@ def test_readings_late_beyond_grace_are_dead_lettered(stage: Ingest) -> None:
     assert [w[0] for _, _, w in out.closed] == [NOW]
     out = send(stage, reading(DEVICES[0], 3) | {"ts": NOW + 30_000})
     assert [orjson.loads(v)["reason"] for _, v in out.deadletters] == ["late"]
+
+
+def test_idle_timer_closes_only_on_silence_the_input_has_shown(stage: Ingest) -> None:
+    send(stage, reading(DEVICES[0], 1))  # window [NOW, NOW + 60 s), arrived at NOW
+    p = device_partition(DEVICES[0], PARTITIONS)
+    later = NOW + 80_000  # past end + grace, and 80 s of wall-clock silence
+    out = Outbox()
+    stage.tick(later, out, busy={p})  # its partition's backlog is not read yet
+    stage.tick(later, out, observed={p: NOW + 5_000})  # broker's last answer: 5 s after
+    stage.tick(later, out, since={p: NOW + 75_000})  # input readable again since 75 s
+    assert out.closed == []
+    stage.tick(later, out, observed={p: NOW + 79_000})
+    assert [(d.device_id, w[0]) for d, _, w in out.closed] == [(DEVICES[0], NOW)]

@@ -7,6 +7,7 @@ other fails here.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import orjson
@@ -14,7 +15,7 @@ import pytest
 
 from streams.deadletter import deadletter_record
 from streams.enrich import Device, enriched_record, unknown_device
-from streams.validate import INVALID_JSON, Limits, Reading, Reject, parse_message
+from streams.validate import INVALID_JSON, TOO_LARGE, Limits, Reading, Reject, parse_message
 from tests.test_schemas import EXAMPLES, load_schema, validator
 
 NOW = 1795780800000
@@ -55,12 +56,23 @@ def test_device_fields_are_the_device_properties() -> None:
         (Reject(INVALID_JSON, "empty message (null value)", b""), None),
         (Reject(INVALID_JSON, "unexpected character", b"{nope", None), b"dui-mitte-gs017-r12-air"),
         (parse_message(b'{"readings": [{"ts": 1}]}', NOW, LIMITS).rejects[0], b"gw-1"),
+        # a 1 MB message: its base64 would not fit a Kafka record (payload truncated)
+        (Reject(TOO_LARGE, "too large", b"{" + b"x" * 1_000_000), None),
     ],
 )
 def test_deadletter_record_matches_its_schema(reject: Reject, key: bytes | None) -> None:
     record = deadletter_record(reject, "dev.telemetry.raw", 3, 1234, key, NOW + 999)
     assert errors("deadletter", record) == []
     assert set(orjson.loads(record)) >= set(load_schema("deadletter")["required"])
+
+
+def test_a_huge_payload_is_truncated_with_its_length() -> None:
+    payload = b"{" + bytes(range(256)) * 4000  # 1,024,001 bytes
+    record = orjson.loads(deadletter_record(Reject(TOO_LARGE, "x", payload), "t", 0, 1, None, NOW))
+    assert record["payload_bytes"] == len(payload)
+    assert base64.b64decode(record["payload_b64"]) == payload[:65_536]
+    small = orjson.loads(deadletter_record(Reject(TOO_LARGE, "x", b"{}"), "t", 0, 1, None, NOW))
+    assert "payload_bytes" not in small and base64.b64decode(small["payload_b64"]) == b"{}"
 
 
 @pytest.mark.parametrize(

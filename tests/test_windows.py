@@ -106,6 +106,16 @@ def test_idle_timer_spares_a_device_that_is_still_uploading() -> None:
     assert close_idle(state, at(3610), SIZE, GRACE, IDLE) != []  # silent 10 s: closed
 
 
+def test_idle_silence_counts_from_the_takeover() -> None:
+    # The worker that held the device died; its successor took over at 200 s. The
+    # device's backlog is still unread: silence counts from the takeover, not from the
+    # last reading the dead worker saw.
+    state = DeviceState()
+    feed(state, (30, 500))
+    assert close_idle(state, at(205), SIZE, GRACE, IDLE, since=at(200)) == []
+    assert close_idle(state, at(210), SIZE, GRACE, IDLE, since=at(200)) != []
+
+
 def test_several_metrics_are_aggregated_independently() -> None:
     state = DeviceState()
     add_reading(state, at(1), {"a": 1.0, "b": 10.0}, at(1), SIZE, GRACE)

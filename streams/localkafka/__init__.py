@@ -6,22 +6,30 @@ lives in the state directory, so topics and committed offsets survive a restart.
 
 Errors a user can fix (no JDK, no Maven, a failed fetch, a port in use) are raised as
 :class:`KafkaError` with one sentence saying what to do; the CLI prints it and exits 1.
+
+With a :class:`BrokerSecurity` the client listener is SASL_SSL instead of PLAINTEXT:
+TLS with the given PEM keystore, SCRAM-SHA-512 users created when the storage is
+formatted, and Kafka's StandardAuthorizer, which refuses everything no ACL allows
+(streams/security.py says which ACLs each principal needs and creates them).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,6 +51,134 @@ class KafkaError(RuntimeError):
     """A problem the user can act on; ``str()`` is one actionable sentence."""
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# Kafka's default for new SCRAM credentials; each client login costs this many HMACs.
+SCRAM_ITERATIONS = 8192
+_USER_NAME = re.compile(r"[A-Za-z0-9._-]+")  # no ',', '=', ']' or quotes: the storage
+# tool's --add-scram syntax and the JAAS line below have no escaping
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """A secured local broker: a SASL_SSL client listener, SCRAM users and ACLs.
+
+    ``keystore``: PEM with the broker's private key (PKCS#8, unencrypted) followed by
+    its certificate chain; clients verify the host name, so the certificate must name
+    ``127.0.0.1`` (an IP subject alternative name). ``truststore``: PEM CA
+    certificates the broker trusts as a client of its own listener (inter-broker
+    connections, e.g. transaction markers). ``users``: SCRAM-SHA-512 user name -> file
+    holding its password; they are created when the storage is formatted, so a broker
+    formatted before keeps the users it had. ``admin`` is one of them: the super user
+    (no ACL applies to it) and the broker's own identity on its listeners.
+
+    The KRaft controller listener stays unencrypted on loopback, but not anonymous:
+    the authorizer checks it too, and a PLAINTEXT controller listener would need
+    User:ANONYMOUS as a super user (the broker registers as it), which would let any
+    local process administer the broker through the controller port (CreateAcls and
+    user changes are served there). It is SASL_PLAINTEXT with the PLAIN mechanism and
+    one static user, the admin (SCRAM cannot log in there: its credentials live in the
+    metadata the controller serves).
+    """
+
+    keystore: Path
+    truststore: Path
+    users: Mapping[str, Path]
+    admin: str = "admin"
+
+    def __post_init__(self) -> None:
+        bad = [name for name in self.users if not _USER_NAME.fullmatch(name)]
+        if bad:
+            raise KafkaError(
+                f"SCRAM user names may use letters, digits, '.', '_' and '-' only: {bad}"
+            )
+        if self.admin not in self.users:
+            raise KafkaError(
+                f"the admin user {self.admin!r} needs a password file (users/{self.admin} "
+                "of a `--secure` directory)"
+            )
+
+    @classmethod
+    def from_dir(cls, folder: Path, admin: str = "admin") -> BrokerSecurity:
+        """``folder/server.pem`` (key and chain), ``folder/ca.pem`` and one password
+        file per user, ``folder/users/<name>``: the layout `citystreams kafka start
+        --secure DIR` reads."""
+        users = folder / "users"
+        found = (
+            {p.name: p for p in sorted(users.iterdir()) if p.is_file()} if users.is_dir() else {}
+        )
+        for path in (folder / "server.pem", folder / "ca.pem"):
+            if not path.is_file():
+                raise KafkaError(f"the secure broker needs {path} (see BrokerSecurity)")
+        return cls(folder / "server.pem", folder / "ca.pem", found, admin)
+
+    def password(self, user: str) -> str:
+        path = self.users[user]
+        try:
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KafkaError(
+                f"cannot read the password of SCRAM user {user} from {path}: {exc}"
+            ) from None
+        if not password:
+            raise KafkaError(f"the password file of SCRAM user {user} is empty: {path}")
+        return password
+
+    def scram_credentials(self) -> list[str]:
+        """``--add-scram`` values for the storage tool, one per user: salted, so that
+        no password appears on a command line (visible to every local user in ps)."""
+        out = []
+        for user in self.users:
+            salt = secrets.token_bytes(32)
+            # SCRAM's Hi() is PBKDF2 with one block of the hash's size (RFC 5802).
+            salted = hashlib.pbkdf2_hmac(
+                "sha512", self.password(user).encode(), salt, SCRAM_ITERATIONS
+            )
+            out.append(
+                f"{SCRAM_MECHANISM}=[name={user},iterations={SCRAM_ITERATIONS},"
+                f'salt="{base64.b64encode(salt).decode()}",'
+                f'saltedpassword="{base64.b64encode(salted).decode()}"]'
+            )
+        return out
+
+    def properties(self, port: int, controller_port: int) -> dict[str, str]:
+        """The server.properties entries of the secure listeners."""
+        admin, password = self.admin, self.password(self.admin)
+        if '"' in password or "\\" in password:
+            raise KafkaError("the admin password may not contain '\"' or '\\' (JAAS quoting)")
+        scram_jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{admin}" password="{password}";'
+        )
+        # Both sides of the controller connection: the admin logs in, and is the one
+        # user the controller knows.
+        plain_jaas = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{admin}" password="{password}" user_{admin}="{password}";'
+        )
+        return {
+            "listeners": (f"SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            # The server side of SCRAM (users from the metadata log) and the broker's
+            # own client identity for inter-broker connections.
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": scram_jaas,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain_jaas,
+            # Kafka 4 reads PEM directly: no keytool, no JKS passwords.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.truststore),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{admin}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaStatus:
     running: bool
@@ -54,11 +190,20 @@ class LocalKafka:
     """Start, stop and inspect the project's own broker.
 
     ``port`` defaults to the port of ``settings.broker`` so that, with no variable set,
-    the broker and the workers agree.
+    the broker and the workers agree. ``properties`` are merged last into the
+    generated ``server.properties`` (extra listeners for tests, for example).
     """
 
-    def __init__(self, settings: Settings, port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        port: int | None = None,
+        properties: Mapping[str, str] | None = None,
+        security: BrokerSecurity | None = None,
+    ) -> None:
         self.settings = settings
+        self.properties = dict(properties or {})
+        self.security = security
         self.port = port if port is not None else settings.broker_port
         self.controller_port = settings.kafka_controller_port or self.port + 1
         self.home = settings.kafka_dir
@@ -204,6 +349,12 @@ class LocalKafka:
             "group.min.session.timeout.ms": "1000",
             "message.max.bytes": str(1024 * 1024 + 1024),
         }
+        if self.security is not None:
+            props.update(self.security.properties(self.port, self.controller_port))
+            # It holds the admin's password (the broker's inter-broker login).
+            self.properties_file.touch(mode=0o600)
+            self.properties_file.chmod(0o600)
+        props.update(self.properties)
         self.properties_file.write_text(
             "".join(f"{k}={v}\n" for k, v in props.items()), encoding="utf-8"
         )
@@ -226,12 +377,29 @@ class LocalKafka:
         ]
 
     def _format(self, java: str) -> None:
+        users_file = self.home / "scram-users"  # who was created at format time
         if (self.data_dir / "meta.properties").exists():
+            if self.security is not None:
+                had = users_file.read_text().split() if users_file.exists() else []
+                missing = sorted(set(self.security.users) - set(had))
+                if missing:
+                    # SCRAM users are added by the storage tool only; this broker keeps
+                    # what it had, so these logins will be refused.
+                    log.warning(
+                        "SCRAM users %s do not exist: the storage in %s was formatted "
+                        "without them (remove it to format afresh)",
+                        ", ".join(missing),
+                        self.data_dir,
+                    )
             return
         cluster_id = "-"
         while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading "-"
             # would be read as an option by the storage tool (1 start in 64 failed)
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        scram: list[str] = []
+        if self.security is not None:
+            for credential in self.security.scram_credentials():
+                scram += ["--add-scram", credential]
         proc = subprocess.run(
             [
                 *self._jvm(java),
@@ -241,6 +409,7 @@ class LocalKafka:
                 cluster_id,
                 "-c",
                 str(self.properties_file),
+                *scram,
             ],
             capture_output=True,
             text=True,
@@ -251,6 +420,9 @@ class LocalKafka:
                 f"Formatting Kafka's storage in {self.data_dir} failed: "
                 f"{(proc.stdout + proc.stderr).strip()[-400:]}"
             )
+        users_file.write_text(
+            "".join(f"{u}\n" for u in self.security.users) if self.security else ""
+        )
 
     # --- lifecycle -------------------------------------------------------------------
     def _read_pid(self) -> int | None:
@@ -307,12 +479,22 @@ class LocalKafka:
                 raise KafkaError(
                     f"Kafka exited with code {proc.returncode} while starting: see {self.log_file}."
                 )
-            if _broker_answers("127.0.0.1", self.port):
+            if _broker_answers("127.0.0.1", self.port, self._probe_tls()):
                 return
             time.sleep(0.2)
         raise KafkaError(
             f"Kafka did not answer on {self.bootstrap} within {timeout:.0f} s: see {self.log_file}."
         )
+
+    def _probe_tls(self) -> ssl.SSLContext | None:
+        """TLS for the readiness probe of a secure broker. It checks the chain against
+        the truststore but not the host name: it only asks whether this broker is up,
+        and clients do verify host names."""
+        if self.security is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.security.truststore))
+        context.check_hostname = False
+        return context
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Shut the broker down cleanly (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -361,11 +543,13 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _broker_answers(host: str, port: int) -> bool:
+def _broker_answers(host: str, port: int, tls: ssl.SSLContext | None = None) -> bool:
     """Send a Kafka ApiVersions v0 request and check for a well-formed error-free reply.
 
     A raw request keeps ``start`` free of asyncio and of client-library retries; the
-    listener only accepts once the broker has finished starting.
+    listener only accepts once the broker has finished starting. A SASL listener
+    answers ApiVersions before the login (clients ask it first), so the probe needs
+    TLS (``tls``) but no credentials.
     """
     client_id = b"citystreams"
     body = (
@@ -376,12 +560,15 @@ def _broker_answers(host: str, port: int) -> bool:
         + client_id
     )
     try:
-        with socket.create_connection((host, port), timeout=2.0) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=2.0))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
             sock.sendall(len(body).to_bytes(4, "big") + body)
             header = _recv_exact(sock, 4)
             size = int.from_bytes(header, "big")
             reply = _recv_exact(sock, size)
-    except OSError:
+    except OSError:  # ssl.SSLError is one too
         return False
     return len(reply) >= 6 and reply[:4] == (1).to_bytes(4, "big") and reply[4:6] == b"\0\0"
 
