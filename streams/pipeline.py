@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import faust
 import orjson
@@ -273,6 +274,15 @@ def build(
         for event in events:
             event.ack()
 
+    async def abandon(txn: Transactions) -> None:
+        async with checkpoint_lock, step:
+            pending.clear()  # never acknowledged: processed again by the new owner
+            inflight.clear()
+            for m in maps:
+                m.collect()  # dropped: the changelog, not this memory, is the truth now
+            await txn.abort()
+        log.warning("exactly-once: group membership lost, open transaction aborted")
+
     background: set[asyncio.Task[None]] = set()
 
     def start_checkpoint() -> None:
@@ -293,12 +303,14 @@ def build(
         # that checkpoint are neither acknowledged nor resendable here: stop, so that
         # the input is read again from the committed offsets (by a restarted worker or
         # the others). Going on would leave a gap that blocks commits, or lose outputs.
+        # Not a clean stop: that would run another checkpoint on the way out.
         log.critical(
             "checkpoint failed (%r): stopping the worker so its uncommitted input is "
             "processed again; nothing acknowledged is lost",
             exc,
         )
-        await app.crash(exc)
+        logging.shutdown()
+        os._exit(EXIT_CHECKPOINT_FAILED)
 
     app.sensors.add(_CheckpointOnCommit(start_checkpoint))
 
@@ -419,10 +431,18 @@ def build(
             key = (tp.topic, tp.partition)
             if tp.topic not in device_inputs:
                 continue
-            fetched = _last_fetch(app, tp)
-            if fetched is not None:
-                observed[tp.partition] = min(fetched, observed.get(tp.partition, fetched))
-            if fetched is not None and now - fetched > STALE_FETCH_MS:
+            view = _input_view(app, tp)
+            last = positions.get(key)
+            if view is None:  # faust's internals moved: offsets only, takeover time
+                high = consumer.highwater(tp)
+                if high is not None and last is not None and high - last - 1 > 0:
+                    busy.add(tp.partition)
+                continue
+            if view.fetched_at is None:  # the broker has not answered since the takeover
+                busy.add(tp.partition)
+                continue
+            observed[tp.partition] = min(view.fetched_at, observed.get(tp.partition, now))
+            if now - view.fetched_at > STALE_FETCH_MS:
                 input_down.add(key)
                 caught_up.discard(key)
                 busy.add(tp.partition)
@@ -432,14 +452,13 @@ def build(
                 quiet_from[tp.partition] = max(quiet_from.get(tp.partition, 0), now)
             if key in caught_up:
                 continue
-            high = consumer.highwater(tp)
-            last = positions.get(key)
-            if high is None or last is None:
-                continue  # nothing read yet: the takeover time guards it
-            if high - last - 1 > 0:
-                busy.add(tp.partition)
-            else:
+            # Read to the end: everything stable fetched (transaction markers and aborted
+            # records move the fetch position, never reach the agent) and everything
+            # handed to the agent processed.
+            if view.caught_up(last):
                 caught_up.add(key)
+            else:
+                busy.add(tp.partition)
         since = {p: max(t, owned_since[0]) for p, t in quiet_from.items()}
         return since, observed, busy
 
@@ -578,7 +597,13 @@ def build(
         # Whatever changed is written before another worker may take the partitions.
         # (faust has stopped the flow and waited for every event in progress.)
         ready.clear()
-        await checkpoint()
+        if transactions is not None and _lost_membership(app):
+            # This worker's session expired (cut off from the broker): its partitions
+            # may already be another worker's, which processes their input again. Its
+            # open transaction must not commit (duplicates, offsets moved back).
+            await abandon(transactions)
+        else:
+            await checkpoint()
         ingest_stage.active.clear()
         district_stage.active.clear()
         positions.clear()
@@ -636,9 +661,11 @@ def build(
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def on_shutdown(sender: Any, **kwargs: Any) -> None:
-        await checkpoint()  # before faust stops the producer
-        if transactions is not None:
-            await transactions.stop()
+        try:
+            await checkpoint()  # before faust stops the producer
+        finally:
+            if transactions is not None:
+                await transactions.stop()
 
     # --- the device registry, whole on every worker ----------------------------------
     @app.task
@@ -710,6 +737,11 @@ class Transactions:
         )
         return future
 
+    async def abort(self) -> None:
+        if self.open:
+            self.open = False
+            await self.producer.abort_transaction()
+
     async def commit(self, offsets: dict[TopicPartition, int], group_id: str) -> None:
         if not offsets and not self.open:
             return
@@ -722,21 +754,59 @@ class Transactions:
         self.open = False
 
 
+# A checkpoint Kafka refused for good (see checkpoint_failed): EX_SOFTWARE.
+EXIT_CHECKPOINT_FAILED = 70
+
 # faust's consumer fetches with a 1.5 s long poll: a partition whose latest fetch
 # answer is older than this is cut off from the broker.
 STALE_FETCH_MS = 5_000
 
 
-def _last_fetch(app: faust.App, tp: Any) -> int | None:
-    """Wall time (ms) of the broker's latest fetch answer for ``tp``, from the aiokafka
-    consumer inside faust's (not public API: None when it cannot be had, and the idle
-    timer then relies on the takeover time alone)."""
+def _lost_membership(app: faust.App) -> bool:
+    """True when the group coordinator has forgotten this worker (its session expired):
+    aiokafka resets the member id before it rejoins and revokes. Not public API: False
+    when it cannot be had (the transaction then commits as in a normal rebalance)."""
+    try:
+        member = app.consumer._thread._consumer._coordinator.member_id  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return bool(member == "")
+
+
+class InputView(NamedTuple):
+    """Where a worker stands on one input partition, from the consumer's internals."""
+
+    fetched_at: int | None  # wall time (ms) of the broker's latest fetch answer
+    position: int | None  # the next offset to fetch (past markers and aborted records)
+    end: int | None  # the last stable offset (or the high watermark)
+    delivered: int | None  # the latest offset faust handed to the agent
+
+    def caught_up(self, processed: int | None) -> bool:
+        if self.position is None or self.end is None or self.position < self.end:
+            return False
+        return self.delivered is None or (processed is not None and processed >= self.delivered)
+
+
+def _input_view(app: faust.App, tp: Any) -> InputView | None:
+    """The consumer's view of ``tp``: aiokafka's fetch state inside faust's consumer
+    thread and faust's read offset. Not public API (pinned versions, see pyproject):
+    None when it cannot be had, and the idle timer falls back to offsets alone."""
     try:
         consumer = app.consumer._thread._consumer  # type: ignore[attr-defined]
-        stamp = consumer.last_poll_timestamp(tp)
+        fetched = consumer.last_poll_timestamp(tp)
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        position = state.position if state.has_valid_position else None
+        stable = consumer.last_stable_offset(tp)
+        end = stable if stable is not None and stable >= 0 else consumer.highwater(tp)
+        delivered = app.consumer._read_offset.get(tp)  # type: ignore[attr-defined]
     except (AttributeError, AssertionError, KeyError, TypeError):
         return None
-    return int(stamp) if stamp is not None else None
+    return InputView(
+        None if fetched is None else int(fetched),
+        position,
+        end,
+        None if delivered is None else int(delivered),
+    )
 
 
 def state_digest(stored: Mapping[bytes, bytes]) -> str:

@@ -327,12 +327,13 @@ def pipeline_acls(settings: Settings, user: str) -> list[Acl]:
             Operation.READ,
             "the workers' consumer group",
         ),
-        # Planned exactly-once (Kafka transactions): granted now, so that switching it
-        # on is a setting and not an ACL change. Only the app's own transactional ids.
+        # Exactly-once (Kafka transactions): granted always, so that switching it on is
+        # a setting and not an ACL change. Only the app's own transactional ids
+        # (`<app id>-<instance id>`; the dash keeps `citystreams2` out of `citystreams`).
         Acl(
             u,
             ResourceType.TRANSACTIONAL_ID,
-            settings.app_id,
+            settings.app_id + "-",
             PatternType.PREFIXED,
             Operation.WRITE,
             "exactly-once: the app's transactional ids",

@@ -279,9 +279,13 @@ class Settings:
     )
     transaction_timeout_s: float = _setting(
         "TRANSACTION_TIMEOUT_S",
-        15.0,
-        "Exactly-once: the broker aborts a transaction left open this long by a worker "
-        "that died and did not come back under the same instance id.",
+        8.0,
+        "Exactly-once: the broker aborts a transaction left open this long (a worker "
+        "that died and did not come back under the same instance id, or one cut off "
+        "from the broker). Shorter than the worker's 10 s group session, so a cut-off "
+        "worker's transaction is aborted about when its partitions move; a worker whose "
+        "transaction was aborted stops (exit code 70) and is restarted by its "
+        "supervisor.",
         _positive_float,
     )
 

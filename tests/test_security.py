@@ -363,7 +363,7 @@ def test_acl_commands_spell_kafka_acls_options() -> None:
     text = acl_commands(pipeline_acls(s, "pipeline"))
     assert "--operation IdempotentWrite --cluster" in text
     assert "--topic 'citystreams.' --resource-pattern-type prefixed" in text
-    assert "--transactional-id 'citystreams' --resource-pattern-type prefixed" in text
+    assert "--transactional-id 'citystreams-' --resource-pattern-type prefixed" in text
 
 
 # --- the local broker's secure mode ----------------------------------------------------------

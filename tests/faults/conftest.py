@@ -62,3 +62,14 @@ def battery_kafka(
     battery = start_battery_kafka(tmp_path_factory.mktemp("battery-kafka"), kafka_cache)
     yield battery
     battery.kafka.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The battery's figures, one line per scenario, at the end of every run (CI's log
+    included: they are the numbers the reliability claims rest on)."""
+    from tests.faults.scenario import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("fault battery figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -114,6 +114,7 @@ class Load:
     behind_s: float = 0.0  # how far the generator fell behind its schedule, at worst
     seqs: dict[int, int] = field(default_factory=dict)  # per device index, the last seq
     _retry: list[tuple[bytes, bytes, Reading]] = field(default_factory=list)
+    _outstanding: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _running: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -183,14 +184,14 @@ class Load:
                     self.repeats += 1
                 pending = {f for f in pending if not f.done()}
                 n += 1
-            while pending or self._retry:
-                if pending:
-                    await asyncio.wait(pending)
-                pending = set()
+            # Until every reading is acknowledged: counted by the callbacks themselves
+            # (a future can be done before its callback has queued a retry).
+            while self._outstanding or self._retry:
                 while self._retry:
                     key, value, reading = self._retry.pop()
                     self.resent += 1
-                    pending.add(await self._send(producer, key, value, reading))
+                    await self._send(producer, key, value, reading)
+                await asyncio.sleep(0.05)
         finally:
             await producer.stop()
 
@@ -199,8 +200,10 @@ class Load:
     ) -> asyncio.Future[Any]:
         future = await producer.send(self.topic, value, key=key)
         self.sent += 1
+        self._outstanding += 1
 
         def done(f: asyncio.Future[Any]) -> None:
+            self._outstanding -= 1
             if f.cancelled() or f.exception() is not None:
                 self.failures += 1
                 self._retry.append((key, value, reading))
