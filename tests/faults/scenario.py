@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -268,7 +269,7 @@ async def _wait_processing(monitor: Monitor, load: Load, pool: Workers, timeout:
     warmup = asyncio.ensure_future(load.run(timeout))
     try:
         while time.monotonic() < deadline:
-            if sum(len(a) for a in monitor.arrivals.values()) >= 50:
+            if sum(len(a) for a in monitor.arrivals.values()) >= 50 and _settled(pool):
                 return
             pool.check()
             if pool.unexpected_exits:
@@ -279,6 +280,32 @@ async def _wait_processing(monitor: Monitor, load: Load, pool: Workers, timeout:
         load.stop()
         await warmup
         load._stop.clear()
+
+
+def _settled(pool: Workers) -> bool:
+    """Every running worker has loaded the state of an assignment, and together they
+    own all six device partitions: the group is stable before the fault starts."""
+    owned: list[int] = []
+    for i, proc in enumerate(pool.procs):
+        if proc is None:
+            continue
+        log_file = pool.log_of(i)
+        lines = (
+            [
+                line
+                for line in log_file.read_text(errors="replace").splitlines()
+                if "state loaded in" in line
+            ]
+            if log_file.exists()
+            else []
+        )
+        if not lines:
+            return False
+        m = re.search(r"devices \(partitions \[([\d, ]*)\]", lines[-1])
+        if m is None or not m[1].strip():
+            return False
+        owned += [int(p) for p in m[1].split(",")]
+    return sorted(owned) == list(range(6))
 
 
 async def _after(delay: float, what: Callable[[], list[int]]) -> list[int]:
