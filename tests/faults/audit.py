@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,23 @@ class Audit:
                 + "".join(f"\n    {e}" for e in c.examples)
             )
         return "\n".join(lines)
+
+
+def _first_of(
+    records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any], c: Counts
+) -> dict[Any, dict[str, Any]]:
+    """Each record's first occurrence by ``key``; an identical repeat counts as
+    duplicated, a different one as wrong."""
+    first: dict[Any, dict[str, Any]] = {}
+    for r in records:
+        k = key(r)
+        if k not in first:
+            first[k] = r
+        elif r == first[k]:
+            c.duplicated += 1
+        else:
+            c.problem("wrong", f"{k} written twice, differently")
+    return first
 
 
 def _close(a: float | None, b: float | None) -> bool:
@@ -170,16 +188,8 @@ def audit_device_windows(
     expected: dict[tuple[str, int], dict[str, dict[str, Any]]], got: list[dict[str, Any]]
 ) -> Counts:
     c = Counts(expected=len(expected), got=len(got))
-    first: dict[tuple[str, int], dict[str, Any]] = {}
-    for w in got:
-        key = (w["device_id"], w["window_start"])
-        if key in first:
-            if w == first[key]:
-                c.duplicated += 1
-            else:
-                c.problem("wrong", f"{key} written twice, differently")
-            continue
-        first[key] = w
+    first = _first_of(got, lambda w: (w["device_id"], w["window_start"]), c)
+    for key, w in first.items():
         want = expected.get(key)
         if want is None:
             c.problem("wrong", f"{key} not expected")
@@ -216,16 +226,8 @@ def audit_district_windows(
         for name, agg in metrics.items():
             values[key][name] += agg["values"]
     c = Counts(expected=len(values), got=len(got))
-    first: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for w in got:
-        key = (w["district"], w["kind"], w["window_start"])
-        if key in first:
-            if w == first[key]:
-                c.duplicated += 1
-            else:
-                c.problem("wrong", f"{key} written twice, differently")
-            continue
-        first[key] = w
+    first = _first_of(got, lambda w: (w["district"], w["kind"], w["window_start"]), c)
+    for key, w in first.items():
         if key not in values:
             c.problem("wrong", f"{key} not expected")
             continue
@@ -282,16 +284,8 @@ def audit_alerts(expected: list[dict[str, Any]], got: list[dict[str, Any]]) -> C
     twice (re-fired) shows as an unexpected event with a new alert_id: wrong."""
     c = Counts(expected=len(expected), got=len(got))
     want = {_alert_key(e): e for e in expected}
-    first: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for e in got:
-        key = _alert_key(e)
-        if key in first:
-            if e == first[key]:
-                c.duplicated += 1
-            else:
-                c.problem("wrong", f"{key} written twice, differently")
-            continue
-        first[key] = e
+    first = _first_of(got, _alert_key, c)
+    for key in first:
         if key not in want:
             c.problem("wrong", f"unexpected alert event {key}")
     for key in want:

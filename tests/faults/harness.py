@@ -5,6 +5,7 @@ monitor of when each partition was last processed, and the outputs read back who
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
@@ -142,7 +143,6 @@ class Load:
         )
         await producer.start()
         loop = asyncio.get_running_loop()
-        pending: set[asyncio.Future[Any]] = set()
         try:
             start = loop.time()
             n = 0
@@ -157,10 +157,7 @@ class Load:
                     await asyncio.sleep(due - now)
                 else:
                     self.behind_s = max(self.behind_s, now - due)
-                while self._retry:
-                    key, value, reading = self._retry.pop()
-                    self.resent += 1
-                    pending.add(await self._send(producer, key, value, reading))
+                await self._resend_failed(producer)
                 index = n % len(self.devices)
                 seq = self.seqs[index] = self.seqs.get(index, 0) + 1
                 device_id = str(self.devices[index]["device_id"])
@@ -176,28 +173,30 @@ class Load:
                     }
                 )
                 key = device_id.encode()
-                pending.add(await self._send(producer, key, value, reading))
+                await self._send(producer, key, value, reading)
                 if self.duplicates and (n * 7919) % 1000 < self.duplicates * 1000:
                     # a device re-sending after a lost ack: same bytes, not in the ledger twice
-                    pending.add(await producer.send(self.topic, value, key=key))
+                    await producer.send(self.topic, value, key=key)
                     self.sent += 1
                     self.repeats += 1
-                pending = {f for f in pending if not f.done()}
                 n += 1
             # Until every reading is acknowledged: counted by the callbacks themselves
             # (a future can be done before its callback has queued a retry).
             while self._outstanding or self._retry:
-                while self._retry:
-                    key, value, reading = self._retry.pop()
-                    self.resent += 1
-                    await self._send(producer, key, value, reading)
+                await self._resend_failed(producer)
                 await asyncio.sleep(0.05)
         finally:
             await producer.stop()
 
+    async def _resend_failed(self, producer: AIOKafkaProducer) -> None:
+        while self._retry:
+            key, value, reading = self._retry.pop()
+            self.resent += 1
+            await self._send(producer, key, value, reading)
+
     async def _send(
         self, producer: AIOKafkaProducer, key: bytes, value: bytes, reading: Reading
-    ) -> asyncio.Future[Any]:
+    ) -> None:
         future = await producer.send(self.topic, value, key=key)
         self.sent += 1
         self._outstanding += 1
@@ -211,7 +210,6 @@ class Load:
                 self.ledger.append(reading)
 
         future.add_done_callback(done)
-        return future
 
 
 class Workers:
@@ -314,7 +312,7 @@ class Monitor:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with _suppress():
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _run(self) -> None:
@@ -362,14 +360,6 @@ class Monitor:
             for a, b in itertools.pairwise(times):
                 worst = max(worst, b - a)
         return worst
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return True
 
 
 async def read_topic(

@@ -43,6 +43,7 @@ from tests.faults.harness import (
     wait_for_outputs,
 )
 from tests.faults.proxy import Proxy
+from tests.kafkautil import produce_messages
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ async def run_scenario(
     prefix = settings.topic_prefix
     the_fleet = fleet(devices)
     await ensure_topics(settings)
-    await _publish(broker, prefix + DEVICES_TOPIC, device_messages(the_fleet))
+    await produce_messages(broker, prefix + DEVICES_TOPIC, device_messages(the_fleet))
 
     pool = Workers(replace(settings, broker=worker_broker or broker), folder, workers)
     monitor = Monitor(broker, prefix + TELEMETRY_ENRICHED)
@@ -248,17 +249,6 @@ async def _trailing(
                 await f
                 load.ledger.append(reading)
             futures.clear()
-    finally:
-        await producer.stop()
-
-
-async def _publish(broker: str, topic: str, messages: list[tuple[bytes, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        for key, value in messages:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
     finally:
         await producer.stop()
 
