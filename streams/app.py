@@ -15,6 +15,7 @@ import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from streams.admin import ensure_topics
+from streams.outputs import OUTPUT_BATCH_BYTES, OUTPUT_REQUEST_BYTES
 from streams.security import describe, faust_credentials
 from streams.settings import Settings
 
@@ -74,6 +75,10 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_compression_type=None,
         producer_linger=0.005,
+        # The pipeline hands its outputs over in batches (streams/outputs.py): room for
+        # a few thousand records per partition and flush, within message.max.bytes.
+        producer_max_batch_size=OUTPUT_BATCH_BYTES,
+        producer_max_request_size=OUTPUT_REQUEST_BYTES,
     )
 
 

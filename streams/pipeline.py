@@ -39,11 +39,18 @@ from streams.ingest import (
 )
 from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
 from streams.metrics import Metrics, serve
+from streams.outputs import (
+    OUTPUT_BATCH_BYTES,
+    OUTPUT_LINGER_S,
+    OUTPUT_REQUEST_BYTES,
+    Linger,
+    Outputs,
+)
 from streams.routing import device_partition, key_partition
 from streams.rules import RuleSet, load_rules
 from streams.security import client_kwargs
 from streams.settings import EXACTLY_ONCE, Settings
-from streams.state import DurableMap, load_partitions, read_to_end
+from streams.state import DurableMap, Write, load_partitions, read_to_end
 from streams.topics import (
     ALERTS,
     DEADLETTER,
@@ -110,31 +117,35 @@ def build(
     raw_topic = app.topic(prefix + TELEMETRY_RAW)
     by_device_topic = app.topic(internal(TELEMETRY_BY_DEVICE))
     by_district_topic = app.topic(internal(WINDOWS_BY_DISTRICT))
-    deadletter_topic = app.topic(prefix + DEADLETTER)
-    enriched_topic = app.topic(prefix + TELEMETRY_ENRICHED)
-    device_windows_topic = app.topic(prefix + METRICS_DEVICE)
-    district_windows_topic = app.topic(prefix + METRICS_DISTRICT)
-    alerts_topic = app.topic(prefix + ALERTS)
     liveness_topic = app.topic(internal(LIVENESS_BY_ROOT))
-    occupancy_topic = app.topic(internal(OCCUPANCY))
+    # Topics only written (by name: see `send` below)
+    deadletter_topic = prefix + DEADLETTER
+    enriched_topic = prefix + TELEMETRY_ENRICHED
+    device_windows_topic = prefix + METRICS_DEVICE
+    district_windows_topic = prefix + METRICS_DISTRICT
+    alerts_topic = prefix + ALERTS
+    occupancy_topic = internal(OCCUPANCY)
+    by_device_name = internal(TELEMETRY_BY_DEVICE)
+    by_district_name = internal(WINDOWS_BY_DISTRICT)
+    liveness_name = internal(LIVENESS_BY_ROOT)
     devices_topic_name = prefix + DEVICES
 
     # --- state: per device and per district, on our own compacted changelogs -----------
     # (not faust tables: see streams/state.py for why)
     device_states: DurableMap[DeviceState] = DurableMap(
-        internal(STATE_DEVICE), encode_device, decode_device, app.topic(internal(STATE_DEVICE))
+        internal(STATE_DEVICE), encode_device, decode_device, internal(STATE_DEVICE)
     )
     district_states: DurableMap[DistrictState] = DurableMap(
         internal(STATE_DISTRICT),
         encode_district,
         decode_district,
-        app.topic(internal(STATE_DISTRICT)),
+        internal(STATE_DISTRICT),
     )
     alert_states: DurableMap[AlertState] = DurableMap(
-        internal(STATE_ALERTS), encode_alerts, decode_alerts, app.topic(internal(STATE_ALERTS))
+        internal(STATE_ALERTS), encode_alerts, decode_alerts, internal(STATE_ALERTS)
     )
     families: DurableMap[Family] = DurableMap(
-        internal(STATE_LIVENESS), encode_family, decode_family, app.topic(internal(STATE_LIVENESS))
+        internal(STATE_LIVENESS), encode_family, decode_family, internal(STATE_LIVENESS)
     )
     maps: list[DurableMap[Any]] = [device_states, district_states, alert_states, families]
     # Set once the state of the current assignment is loaded; agents and timers wait.
@@ -209,22 +220,49 @@ def build(
     # takes its snapshot: a snapshot never holds a change whose outputs are not queued.
     step = asyncio.Lock()
 
-    producer = app.producer
     # Exactly-once: every output, state record and input offset of a checkpoint is one
     # transaction of this worker's own transactional producer (started by `prepare`).
     transactions = Transactions(settings) if settings.processing_guarantee == EXACTLY_ONCE else None
 
-    async def send(
-        topic: Any, key: bytes | None, value: bytes, partition: int | None = None
-    ) -> None:
-        # Straight to faust's producer (aiokafka), not through Topic.send: its channel,
-        # future-message and callback layers cost more than the rest of a reading's path
-        # (cProfile), and our bytes need none of them.
-        name = topic.get_topic_name()
+    # Outputs wait in `outputs` (a list append each) and leave in one batch per
+    # partition: at the latest OUTPUT_LINGER_S after the first, or at a checkpoint.
+    # Straight to aiokafka, not through faust's Topic.send or aiokafka's per-record
+    # send: their layers cost more than the rest of a reading's path (profiled).
+    outputs = Outputs()
+
+    def producer() -> Any:
         if transactions is not None:
-            inflight.append(await transactions.send(name, key, value, partition))
+            return transactions.producer
+        return _aiokafka_producer(app)
+
+    async def flush_outputs() -> None:
+        """Under `step`: what is buffered goes to the producer; its futures join
+        `inflight`, which the next checkpoint awaits before acknowledging input."""
+        taken = outputs.take()
+        if not taken:
             return
-        inflight.append(await producer.send(name, key, value, partition, None, None))
+        if transactions is not None:
+            await transactions.ensure_open()
+        inflight.extend(await outputs.flush(producer(), taken))
+
+    async def linger_flush() -> None:
+        try:
+            async with step:
+                await flush_outputs()
+        except Exception as exc:  # records taken but not handed over: start again
+            await checkpoint_failed(exc)
+
+    linger = Linger(OUTPUT_LINGER_S, linger_flush)
+
+    def send(topic: str, key: bytes | None, value: bytes, partition: int | None = None) -> None:
+        outputs.add(topic, key, value, partition)
+        linger.arm()
+
+    async def send_writes(writes: list[Write]) -> list[Awaitable[Any]]:
+        records: dict[str, list[tuple[bytes | None, bytes | None, int | None]]] = {}
+        for w in writes:
+            records.setdefault(w.sink, []).append((w.key, w.value, w.partition))
+        return await outputs.flush(producer(), records)
 
     async def checkpoint() -> None:
         if transactions is not None:
@@ -235,18 +273,14 @@ def build(
                 events = pending[:]
                 pending.clear()
                 writes = [w for m in maps for w in m.collect()]
-                outputs = inflight[:]
+                await flush_outputs()
+                sent = inflight[:]
                 inflight.clear()
-            if outputs:
-                await asyncio.gather(*outputs)
+            if sent:
+                await asyncio.gather(*sent)
             # Under checkpoint_lock: an older encoding of a key never lands after a newer
             # one (the changelog's last record per key is what a restart restores).
-            futures = [
-                await producer.send(
-                    w.sink.get_topic_name(), w.key, w.value, w.partition, None, None
-                )
-                for w in writes
-            ]
+            futures = await send_writes(writes)
             if futures:
                 await asyncio.gather(*futures)
             for event in events:
@@ -260,8 +294,10 @@ def build(
             events = pending[:]
             pending.clear()
             writes = [w for m in maps for w in m.collect()]
-            for w in writes:
-                await txn.send(w.sink.get_topic_name(), w.key, w.value, w.partition)
+            await flush_outputs()
+            if writes:
+                await txn.ensure_open()
+                await send_writes(writes)
             offsets: dict[TopicPartition, int] = {}
             for event in events:
                 msg = event.message
@@ -277,6 +313,7 @@ def build(
     async def abandon(txn: Transactions) -> None:
         async with checkpoint_lock, step:
             pending.clear()  # never acknowledged: processed again by the new owner
+            outputs.take()
             inflight.clear()
             for m in maps:
                 m.collect()  # dropped: the changelog, not this memory, is the truth now
@@ -314,27 +351,25 @@ def build(
 
     app.sensors.add(_CheckpointOnCommit(start_checkpoint))
 
-    async def send_alerts(records: list[dict[str, Any]]) -> None:
+    def send_alerts(records: list[dict[str, Any]]) -> None:
         for record in records:
-            await send(alerts_topic, record["device_id"].encode(), orjson.dumps(record))
+            send(alerts_topic, record["device_id"].encode(), orjson.dumps(record))
             metrics.alert_event(record["rule"], record["severity"], record["status"])
 
-    async def drain(out: Outbox) -> None:
+    def drain(out: Outbox) -> None:
         """Send what a stage produced."""
         if out.accepted:
             # Rules run on each reading as it is accepted: an alert leaves with it.
             fired: list[dict[str, Any]] = []
             alerting.on_accepted(out.accepted, fired)
-            await send_alerts(fired)
+            send_alerts(fired)
             if occupancy_metrics:
                 for reading, _ in out.accepted:
                     values = {
                         m: v for m in occupancy_metrics if (v := reading.metrics.get(m)) is not None
                     }
                     if values:
-                        await send(
-                            occupancy_topic, reading.device_id.encode(), orjson.dumps(values)
-                        )
+                        send(occupancy_topic, reading.device_id.encode(), orjson.dumps(values))
             newest[0] = max(newest[0], max(r.ts for r, _ in out.accepted))
             if ruleset.offline_enabled:
                 now = now_ms()
@@ -342,12 +377,12 @@ def build(
                     if device.kind != UNKNOWN_KIND:
                         heard[device.device_id] = (now, reading.ts)
         for key, value in out.deadletters:
-            await send(deadletter_topic, key, value)
+            send(deadletter_topic, key, value)
         for partition, readings in out.forwards.items():
             value = ingest_stage.forward_value(readings, out.forward_sources[partition])
-            await send(by_device_topic, None, value, partition)
+            send(by_device_name, None, value, partition)
         for key, value in out.enriched:
-            await send(enriched_topic, key, value)
+            send(enriched_topic, key, value)
         if out.closed:
             for device, _, window in out.closed:
                 start, aggs = window
@@ -360,11 +395,11 @@ def build(
                     window_ms,
                     aggs,
                 )
-                await send(device_windows_topic, device.device_id.encode(), orjson.dumps(record))
+                send(device_windows_topic, device.device_id.encode(), orjson.dumps(record))
                 metrics.windows_emitted_device.inc()
                 message = district_message(device, window, window_ms)
                 if message is not None:
-                    await send(by_district_topic, message[0], message[1])
+                    send(by_district_name, message[0], message[1])
         out.clear()
 
     # --- agents ---------------------------------------------------------------------
@@ -381,7 +416,7 @@ def build(
             src = Source(msg.topic, msg.partition, msg.offset, msg.key)
             async with step:
                 stage(msg.value, src, now_ms(), out)
-                await drain(out)
+                drain(out)
             if observe is not None and msg.timestamp:
                 observe(time.time() - msg.timestamp)  # faust gives the timestamp in seconds
             positions[(msg.topic, msg.partition)] = msg.offset
@@ -473,12 +508,12 @@ def build(
                 now = now_ms()
                 since, observed, busy = quiet_state(now)
                 ingest_stage.tick(now, out, since, busy, owned_since[0], observed)
-                await drain(out)
+                drain(out)
                 district_out = DistrictOutbox()
                 if not input_down:  # (device windows may be held up: no timeouts now)
                     district_stage.tick(now, district_out)
                 for key, value in district_out.records:
-                    await send(district_windows_topic, key, value)
+                    send(district_windows_topic, key, value)
                     metrics.district_window(orjson.loads(value))
         except Exception:
             log.exception("closing windows failed; retrying at the next tick")
@@ -494,13 +529,13 @@ def build(
         batches: dict[int, list[list[Any]]] = {}
         for device_id, (arrival, ts) in heard.items():
             root = root_of(registry, device_id)
-            part = key_partition(root.encode(), settings.partitions)
+            part = device_partition(root, settings.partitions)  # (cached: once per root)
             batches.setdefault(part, []).append([root, device_id, arrival, ts])
         heard.clear()
         try:
             async with step:  # (exactly-once: never in the middle of a commit)
                 for part, notes in batches.items():
-                    await send(liveness_topic, None, orjson.dumps(notes), part)
+                    send(liveness_name, None, orjson.dumps(notes), part)
         except Exception:
             log.exception("sending liveness notes failed")
 
@@ -524,7 +559,7 @@ def build(
                 except Exception:  # internal topic, but input all the same: never crash
                     metrics.liveness_input_errors.inc()
                     log.warning("unreadable liveness notes at %d@%d", msg.partition, msg.offset)
-                await send_alerts(fired)
+                send_alerts(fired)
             pending.append(event)
 
     @app.timer(1.0)
@@ -539,7 +574,7 @@ def build(
                     family = families.get(root)
                     if family is not None and liveness.tick(family, now, owned_since[0], fired):
                         families.set(root, family, part)
-                await send_alerts(fired)
+                send_alerts(fired)
         except Exception:
             log.exception("offline detection failed; retrying at the next tick")
 
@@ -611,7 +646,6 @@ def build(
 
     device_inputs = {prefix + TELEMETRY_RAW, internal(TELEMETRY_BY_DEVICE)}
     district_inputs = {internal(WINDOWS_BY_DISTRICT)}
-    liveness_topic_name = internal(LIVENESS_BY_ROOT)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
@@ -622,7 +656,7 @@ def build(
         started = time.monotonic()
         owned_devices = {tp.partition for tp in assigned if tp.topic in device_inputs}
         owned_districts = {tp.partition for tp in assigned if tp.topic in district_inputs}
-        owned_families = {tp.partition for tp in assigned if tp.topic == liveness_topic_name}
+        owned_families = {tp.partition for tp in assigned if tp.topic == liveness_name}
         owned = [owned_devices, owned_districts, owned_devices, owned_families]
         loaded = await asyncio.gather(
             *(load_partitions(settings, m.topic, p) for m, p in zip(maps, owned, strict=True))
@@ -664,6 +698,7 @@ def build(
         try:
             await checkpoint()  # before faust stops the producer
         finally:
+            linger.cancel()
             if transactions is not None:
                 await transactions.stop()
 
@@ -716,7 +751,8 @@ class Transactions:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
-            max_request_size=2**20,
+            max_batch_size=OUTPUT_BATCH_BYTES,
+            max_request_size=OUTPUT_REQUEST_BYTES,
             transaction_timeout_ms=int(self.settings.transaction_timeout_s * 1000),
         )
         await self._producer.start()
@@ -726,16 +762,11 @@ class Transactions:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None
-    ) -> Awaitable[Any]:
+    async def ensure_open(self) -> None:
+        """Before anything is sent: a transaction begins with its first record."""
         if not self.open:
             await self.producer.begin_transaction()
             self.open = True
-        future: Awaitable[Any] = await self.producer.send(
-            topic, value, key=key, partition=partition
-        )
-        return future
 
     async def abort(self) -> None:
         if self.open:
@@ -752,6 +783,13 @@ class Transactions:
             await self.producer.send_offsets_to_transaction(offsets, group_id)
         await self.producer.commit_transaction()
         self.open = False
+
+
+def _aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """faust's own aiokafka producer (started with the app). Not public API (pinned
+    versions, see pyproject): it fails loudly if faust's internals move."""
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]
+    return producer
 
 
 # A checkpoint Kafka refused for good (see checkpoint_failed): EX_SOFTWARE.

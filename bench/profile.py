@@ -1,0 +1,69 @@
+"""Top entries of a py-spy profile (``--format raw``: collapsed stacks, one line per
+distinct stack with its sample count).
+
+``python -m bench.profile FILE [--top N]`` prints, per function, its *self* share (the
+samples where it is the innermost frame) and its *total* share (samples where it is on
+the stack anywhere), biggest self first: where a worker's CPU goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+
+def frames(stack: str) -> list[str]:
+    # "thread;outer (file:line);...;inner (file:line) 12": frame names without lines,
+    # so one function's samples add up over its lines.
+    out = []
+    for frame in stack.split(";"):
+        name, _, where = frame.partition(" (")
+        path = where.rsplit(":", 1)[0]
+        for marker in ("site-packages/", "/streams/", "/bench/"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+                break
+        out.append(f"{name} ({path})" if where else name)
+    return out
+
+
+def top(lines: list[str], n: int) -> tuple[int, list[tuple[str, int, int]]]:
+    self_: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in lines:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        samples += k
+        fs = frames(stack)
+        self_[fs[-1]] += k
+        for f in set(fs):
+            total[f] += k
+    rows = [(f, c, total[f]) for f, c in self_.most_common(n)]
+    return samples, rows
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.profile")
+    p.add_argument("file")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--cumulative", action="store_true", help="rank by total, not self")
+    args = p.parse_args(argv)
+    lines = Path(args.file).read_text().splitlines()
+    samples, rows = top(lines, 10_000 if args.cumulative else args.top)
+    if args.cumulative:
+        rows = sorted(rows, key=lambda r: -r[2])[: args.top]
+    print(f"{samples} samples")
+    print("| self % | total % | function |")
+    print("|---:|---:|---|")
+    for name, s, t in rows:
+        print(f"| {100 * s / samples:.1f} | {100 * t / samples:.1f} | {name} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
