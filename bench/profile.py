@@ -1,9 +1,11 @@
 """Top entries of a py-spy profile (``--format raw``: collapsed stacks, one line per
 distinct stack with its sample count).
 
-``python -m bench.profile FILE [--top N]`` prints, per function, its *self* share (the
-samples where it is the innermost frame) and its *total* share (samples where it is on
-the stack anywhere), biggest self first: where a worker's CPU goes.
+``python -m bench.profile FILE [--top N] [--cumulative]`` prints, per function, its
+*self* share (the samples where it is the innermost frame) and its *total* share
+(samples where it is on the stack anywhere), biggest self first: where a worker's CPU
+goes. Samples of a thread waiting in its selector are idle, not CPU: left out unless
+``--with-idle``.
 """
 
 from __future__ import annotations
@@ -29,22 +31,34 @@ def frames(stack: str) -> list[str]:
     return out
 
 
-def top(lines: list[str], n: int) -> tuple[int, list[tuple[str, int, int]]]:
+def idle(innermost: str) -> bool:
+    """A thread waiting in its event loop's or server's selector: not CPU."""
+    return innermost.startswith(("EpollSelector.select", "_PollLikeSelector.select"))
+
+
+def top(
+    lines: list[str], n: int, with_idle: bool = False
+) -> tuple[int, int, list[tuple[str, int, int]]]:
+    """(samples counted, idle samples, rows of (function, self, total))."""
     self_: Counter[str] = Counter()
     total: Counter[str] = Counter()
-    samples = 0
+    samples = idle_samples = 0
     for line in lines:
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
             continue
         k = int(count)
-        samples += k
         fs = frames(stack)
+        if idle(fs[-1]):
+            idle_samples += k
+            if not with_idle:
+                continue
+        samples += k
         self_[fs[-1]] += k
         for f in set(fs):
             total[f] += k
     rows = [(f, c, total[f]) for f, c in self_.most_common(n)]
-    return samples, rows
+    return samples, idle_samples, rows
 
 
 def main(argv: list[str]) -> int:
@@ -52,12 +66,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("file")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--cumulative", action="store_true", help="rank by total, not self")
+    p.add_argument("--with-idle", action="store_true", help="count threads in select too")
     args = p.parse_args(argv)
     lines = Path(args.file).read_text().splitlines()
-    samples, rows = top(lines, 10_000 if args.cumulative else args.top)
+    samples, idle_samples, rows = top(
+        lines, 10_000 if args.cumulative else args.top, args.with_idle
+    )
     if args.cumulative:
         rows = sorted(rows, key=lambda r: -r[2])[: args.top]
-    print(f"{samples} samples")
+    print(
+        f"{samples} samples ({idle_samples} more idle in select: "
+        f"{'counted' if args.with_idle else 'left out'})"
+    )
     print("| self % | total % | function |")
     print("|---:|---:|---|")
     for name, s, t in rows:

@@ -448,10 +448,11 @@ def build(
 
     # --- timers: windows close when input goes quiet -----------------------------------
     # Silence means "nothing arrived while the input was readable". Per device input
-    # (topic, partition): read to its end since the takeover (a backlog is not silence),
-    # or cut off from the broker (no fetch answer: a broker or network outage is not
-    # silence either; once it answers again, devices get a whole idle period from then).
-    caught_up: set[tuple[str, int]] = set()
+    # (topic, partition): judged only when everything known of it is processed (a
+    # backlog is not silence, nor a reading queued for the agent behind a stall), and
+    # not while it is cut off from the broker (no fetch answer: a broker or network
+    # outage is not silence either; once it answers again, devices get a whole idle
+    # period from then).
     input_down: set[tuple[str, int]] = set()
     quiet_from: dict[int, int] = {}  # device partition -> silence counts from here
 
@@ -479,20 +480,18 @@ def build(
             observed[tp.partition] = min(view.fetched_at, observed.get(tp.partition, now))
             if now - view.fetched_at > STALE_FETCH_MS:
                 input_down.add(key)
-                caught_up.discard(key)
                 busy.add(tp.partition)
                 continue
             if key in input_down:
                 input_down.discard(key)
                 quiet_from[tp.partition] = max(quiet_from.get(tp.partition, 0), now)
-            if key in caught_up:
-                continue
-            # Read to the end: everything stable fetched (transaction markers and aborted
-            # records move the fetch position, never reach the agent) and everything
-            # handed to the agent processed.
-            if view.caught_up(last):
-                caught_up.add(key)
-            else:
+            # Read to the end, now: everything stable fetched (transaction markers and
+            # aborted records move the fetch position, never reach the agent) and
+            # everything handed to the agent processed. Checked at every tick: once was
+            # not enough, a reading fetched during a stall and still queued for the
+            # agent counted as silence up to its fetch (the network battery lost
+            # readings as late to it).
+            if not view.caught_up(last):
                 busy.add(tp.partition)
         since = {p: max(t, owned_since[0]) for p, t in quiet_from.items()}
         return since, observed, busy
@@ -663,7 +662,6 @@ def build(
         )
         for m, records in zip(maps, loaded, strict=True):
             m.replace(records)
-        caught_up.clear()
         input_down.clear()
         quiet_from.clear()
         family_partition.clear()
