@@ -13,10 +13,8 @@ import sys
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.validate import Limits, parse_message
-
-WINDOW = 60_000
-LIMITS = Limits(max_bytes=65_536, max_future_ms=1 << 62, max_past_ms=1 << 62)
+from bench.aggregate import LIMITS, WINDOW, fold
+from streams.validate import parse_message
 
 
 async def main(broker: str, group: str, topic: str, out: str) -> None:
@@ -47,17 +45,7 @@ async def main(broker: str, group: str, topic: str, out: str) -> None:
                     for r in readings:
                         start = r.ts - r.ts % WINDOW
                         device = windows.setdefault(r.device_id, {})
-                        w = device.setdefault(start, {})
-                        for name, value in r.metrics.items():
-                            a = w.get(name)
-                            if a is None:
-                                w[name] = [1, value, value, value, value]
-                            else:
-                                a[0] += 1
-                                a[1] = min(a[1], value)
-                                a[2] = max(a[2], value)
-                                a[3] += value
-                                a[4] = value
+                        fold(device.setdefault(start, {}), r.metrics)
                         if r.ts > high.get(r.device_id, 0):
                             high[r.device_id] = r.ts
                             for old in [s for s in device if s + WINDOW <= r.ts - 10_000]:

@@ -33,15 +33,10 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition  # type: ignore[import-not-found]
 from quixstreams import Application  # type: ignore[import-not-found]
 
-from streams.validate import Limits, parse_message
+from bench.aggregate import GRACE, LIMITS, WINDOW, Aggregate, fold
+from streams.validate import parse_message
 
 log = logging.getLogger("bench.quix")
-WINDOW = 60_000
-GRACE = 10_000
-# The floor's limits: no clock checks, the input is hours old.
-LIMITS = Limits(max_bytes=65_536, max_future_ms=1 << 62, max_past_ms=1 << 62)
-
-Aggregate = dict[str, list[float]]  # metric -> [count, min, max, sum, last]
 
 
 def end_offsets(broker: str, topic: str) -> dict[int, int]:
@@ -59,21 +54,11 @@ def end_offsets(broker: str, topic: str) -> dict[int, int]:
 
 
 def initializer(reading: dict[str, Any]) -> Aggregate:
-    return {name: [1, v, v, v, v] for name, v in reading["metrics"].items()}
+    return fold({}, reading["metrics"])
 
 
 def reducer(agg: Aggregate, reading: dict[str, Any]) -> Aggregate:
-    for name, value in reading["metrics"].items():
-        a = agg.get(name)
-        if a is None:
-            agg[name] = [1, value, value, value, value]
-        else:
-            a[0] += 1
-            a[1] = min(a[1], value)
-            a[2] = max(a[2], value)
-            a[3] += value
-            a[4] = value
-    return agg
+    return fold(agg, reading["metrics"])
 
 
 class Drain:

@@ -50,7 +50,6 @@ class Outputs:
 
     def __init__(self) -> None:
         self.records: dict[str, list[Record]] = {}
-        self.count = 0
         self._partitions: dict[str, int] = {}  # partition count per topic
         self._cache: dict[int, dict[bytes, int]] = {}
         self._round_robin = 0
@@ -62,11 +61,10 @@ class Outputs:
         if records is None:
             records = self.records[topic] = []
         records.append((key, value, partition))
-        self.count += 1
 
     def take(self) -> dict[str, list[Record]]:
         """Everything added so far, for one flush; the buffer starts empty again."""
-        taken, self.records, self.count = self.records, {}, 0
+        taken, self.records = self.records, {}
         return taken
 
     async def flush(

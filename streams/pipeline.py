@@ -45,6 +45,7 @@ from streams.outputs import (
     OUTPUT_REQUEST_BYTES,
     Linger,
     Outputs,
+    Record,
 )
 from streams.routing import device_partition, key_partition
 from streams.rules import RuleSet, load_rules
@@ -259,7 +260,7 @@ def build(
         linger.arm()
 
     async def send_writes(writes: list[Write]) -> list[Awaitable[Any]]:
-        records: dict[str, list[tuple[bytes | None, bytes | None, int | None]]] = {}
+        records: dict[str, list[Record]] = {}
         for w in writes:
             records.setdefault(w.sink, []).append((w.key, w.value, w.partition))
         return await outputs.flush(producer(), records)
