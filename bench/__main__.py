@@ -560,7 +560,7 @@ async def main(argv: list[str]) -> int:
         if "Q" in contenders:
             await asyncio.to_thread(quix_python)  # its venv, made before any clock starts
         scaling = set(filter(None, args.scaling.split(",")))
-        for variant in args.variants.split(","):
+        for variant in filter(None, args.variants.split(",")):
             batch = 100 if variant == "batch100" else 1
             settings = fresh(base_settings)
             messages = await load(settings, devices, rs, batch)

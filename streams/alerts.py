@@ -55,7 +55,9 @@ class RuleState:
     n: int = 0  # band rules: EWMA of the mean and the variance, and samples seen
     mean: float = 0.0
     var: float = 0.0
-    buckets: dict[int, list[float]] = field(default_factory=dict)  # mean_over: start -> [sum, n]
+    # mean_over rules: start -> [sum, n]. None for the others: an empty dict per rule
+    # and device would cost 64 bytes each (~200 bytes a device).
+    buckets: dict[int, list[float]] | None = None
 
     def to_json(self) -> list[Any]:
         return [
@@ -70,13 +72,14 @@ class RuleState:
             self.n,
             self.mean,
             self.var,
-            [[k, v[0], v[1]] for k, v in self.buckets.items()],
+            [[k, v[0], v[1]] for k, v in (self.buckets or {}).items()],
         ]
 
     @classmethod
     def from_json(cls, doc: list[Any]) -> RuleState:
         s = cls(*doc[:11])
-        s.buckets = {int(k): [total, n] for k, total, n in doc[11]}
+        if doc[11]:
+            s.buckets = {int(k): [total, n] for k, total, n in doc[11]}
         return s
 
 
@@ -173,14 +176,17 @@ def _derive(rule: Rule, rs: RuleState, ts: int, v: float) -> float | None:
     if rule.mean_over_ms is not None:
         size = max(1, rule.mean_over_ms // BUCKETS)
         start = ts - ts % size
-        bucket = rs.buckets.setdefault(start, [0.0, 0.0])
+        buckets = rs.buckets
+        if buckets is None:
+            buckets = rs.buckets = {}
+        bucket = buckets.setdefault(start, [0.0, 0.0])
         bucket[0] += v
         bucket[1] += 1
         horizon = ts - rule.mean_over_ms
-        for old in [k for k in rs.buckets if k + size <= horizon]:
-            del rs.buckets[old]
-        total = sum(b[0] for b in rs.buckets.values())
-        count = sum(b[1] for b in rs.buckets.values())
+        for old in [k for k in buckets if k + size <= horizon]:
+            del buckets[old]
+        total = sum(b[0] for b in buckets.values())
+        count = sum(b[1] for b in buckets.values())
         v = total / count
     if cond in ("rate_above", "rate_below"):
         prev_ts, prev = rs.prev_ts, rs.prev
@@ -362,6 +368,9 @@ class Alerting:
         self.states = states
         self.partitions = partitions
         self.latest = latest  # occupancy metrics per device, from every partition
+        # Devices with an open episode: what the episode gauges count (the states of
+        # the others may wait encoded: see streams.state.DurableMap).
+        self.with_episodes: set[str] = set()
 
     def on_accepted(
         self, accepted: list[tuple[Reading, Device]], out: list[dict[str, Any]]
@@ -378,3 +387,7 @@ class Alerting:
                 self.states.set(
                     device.device_id, state, device_partition(device.device_id, self.partitions)
                 )
+                if state.episodes:
+                    self.with_episodes.add(device.device_id)
+                else:
+                    self.with_episodes.discard(device.device_id)

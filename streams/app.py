@@ -7,6 +7,7 @@ module only knows how to configure faust safely and run one worker.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -20,6 +21,9 @@ from streams.security import describe, faust_credentials
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+GC_THRESHOLDS = (10_000, 10, 10)  # young, middle, old (Python's: 700, 10, 10)
 
 
 def _read_committed() -> None:
@@ -98,6 +102,14 @@ def run_worker(
     prepare = build(app, settings)
     if prepare is not None:
         loop.run_until_complete(prepare())
+    # Python's cyclic GC runs a young collection every 700 container allocations; per
+    # reading the pipeline allocates a few dozen (parsed JSON, windows, records), and
+    # its state is millions of long-lived containers. Measured with 10,000 devices:
+    # 15% less CPU per reading with these thresholds (14% with gateway batches), and
+    # ~20% with 100,000 devices. freeze() leaves what start-up made (modules, the
+    # registry) out of every collection.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     worker = faust.Worker(
         app,
         loop=loop,

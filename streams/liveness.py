@@ -24,6 +24,7 @@ Rules (:meth:`Liveness.tick`, on a wall-clock timer):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,31 @@ class Liveness:
                 seen.offline_since = -1
                 changed = True
         return changed
+
+    @staticmethod
+    def any_offline(family: Family) -> bool:
+        return any(seen.offline_since >= 0 for seen in family.devices.values())
+
+    def next_check(self, family: Family, owned_since: int) -> int:
+        """The earliest wall time at which :meth:`tick` can find anything to do in
+        ``family`` (0: at every tick). Until then no device of it is past one interval
+        (suspect, let alone silent) and none is offline, so a tick would change nothing:
+        the timer skips it (with 100,000 families, judging each every second took
+        ~0.3 s of every second). Valid until the family hears from a device or the
+        registry changes (heartbeats), which is when the caller asks again."""
+        due = -1
+        for device_id, seen in family.devices.items():
+            if seen.offline_since >= 0:
+                return 0
+            interval = self.interval_ms(device_id, seen)
+            if interval is None:
+                continue  # never judged until heard again (cadence not learned yet)
+            # suspect once `now - max(arrival, owned_since) > interval`, silent once
+            # past k intervals: whichever comes first
+            at = max(seen.arrival, owned_since) + math.floor(min(1.0, self.k) * interval) + 1
+            if due < 0 or at < due:
+                due = at
+        return due if due >= 0 else 2**62
 
     def _ancestors(self, device: Device) -> list[str]:
         out: list[str] = []

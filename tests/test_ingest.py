@@ -16,6 +16,7 @@ from streams.ingest import DictStore, Ingest, Outbox, Source
 from streams.metrics import Metrics
 from streams.routing import device_partition
 from streams.validate import Limits
+from streams.windows import DeviceState
 
 SCHEMAS = Path(__file__).parents[1] / "schemas"
 NOW = 1795780800000
@@ -171,3 +172,27 @@ def test_idle_timer_closes_only_on_silence_the_input_has_shown(stage: Ingest) ->
     assert out.closed == []
     stage.tick(later, out, observed={p: NOW + 79_000})
     assert [(d.device_id, w[0]) for d, _, w in out.closed] == [(DEVICES[0], NOW)]
+
+
+class CountingStore(DictStore[DeviceState]):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> DeviceState | None:
+        self.reads.append(key)
+        return super().get(key)
+
+
+def test_idle_timer_reads_a_devices_state_only_once_a_window_can_close(stage: Ingest) -> None:
+    stage.states = store = CountingStore()
+    send(stage, reading(DEVICES[0], 1))  # window [NOW, NOW + 60 s), arrived at NOW
+    send(stage, reading(DEVICES[1], 2) | {"ts": NOW + 65_000})  # [NOW + 60 s, NOW + 120 s)
+    store.reads.clear()
+    out = Outbox()
+    for second in range(0, 70):  # its end + grace is 70 s: nothing can close before
+        stage.tick(NOW + second * 1000, out)
+    assert store.reads == [] and out.closed == []
+    stage.tick(NOW + 70_000, out)
+    assert store.reads == [DEVICES[0]] and [d.device_id for d, _, _ in out.closed] == [DEVICES[0]]
+    assert list(stage.active) == [DEVICES[1]]

@@ -3,9 +3,11 @@ and its sensors report every 60 s (heartbeat_s), so each has a 180 s limit."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.enrich import Registry
 from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
@@ -119,3 +121,35 @@ def test_the_root_is_the_top_of_the_parent_chain() -> None:
     reg = registry(sensors=1)
     assert root_of(reg, "s0") == "ap" and root_of(reg, "ap") == "ap"
     assert root_of(reg, "not-registered") == "not-registered"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_no_tick_before_next_check_finds_anything(seed: int) -> None:
+    # Random hearing and ticking; before next_check a tick must be a no-op, and at
+    # next_check (when it is not "every tick") something must be due: suspect or worse.
+    rng = random.Random(seed)
+    reg = registry(sensors=5, heartbeat=rng.choice([None, 30, 60]))
+    live, family = Liveness(reg, k=rng.choice([0.5, 3.0])), Family()
+    devices = ["ap"] + [f"s{i}" for i in range(5)]
+    now, owned = 0.0, rng.uniform(-100, 100)
+    for _ in range(60):
+        now += rng.uniform(0, 90)
+        if rng.random() < 0.5:
+            hear(live, family, now, *rng.sample(devices, rng.randint(1, 6)))
+        due = live.next_check(family, at(owned))
+        if due == 0:
+            tick(live, family, now, owned)
+            continue
+        before = encode_family(family)
+        probe = min(due - 1, at(now + rng.uniform(0, 600)))
+        out: list[dict[str, Any]] = []
+        assert not live.tick(family, probe, at(owned), out) and out == []
+        assert encode_family(family) == before
+        suspects = [
+            d
+            for d, seen in family.devices.items()
+            if (i := live.interval_ms(d, seen)) is not None
+            and due - max(seen.arrival, at(owned)) > min(1.0, live.k) * i
+        ]
+        assert due >= 2**62 or suspects
+        tick(live, family, now, owned)

@@ -207,3 +207,19 @@ def test_a_device_window_delivered_twice_counts_once() -> None:
     closed = close_districts(district, at(10**6), DSIZE, GRACE, WAIT, None)
     record = district_window_record("D", "k", closed[0][0], DSIZE, closed[0][1])
     assert record["metrics"]["co2_ppm"]["count"] == 1
+
+
+def test_state_and_device_windows_of_the_previous_aggregate_format_are_read() -> None:
+    # Before: [count, min, max, sum, last_ts, last, values] per metric
+    co2 = [2, 400.0, 600.0, 1000.0, at(30), 600.0, [400.0, 600.0]]
+    old = [at(30), 0, at(30), [[T, {"co2_ppm": co2}]], -1, "0", [-1, -1]]
+    state = DeviceState.from_json(old)
+    assert feed(state, (45, 500), (70, 1)) == [
+        (T, {"co2_ppm": {"count": 3, "min": 400, "max": 600, "mean": 500, "last": 500}})
+    ]
+    district = DistrictState()
+    aggs = {"co2_ppm": [2, 1.0, 3.0, 4.0, at(5), 3.0, [1.0, 3.0]]}
+    assert add_device_window(district, "a", T, T + SIZE, aggs, at(70), DSIZE)
+    record = district_window_record("D", "k", T, DSIZE, district.open[T])
+    stats = {"count": 2, "min": 1.0, "max": 3.0, "mean": 2.0, "p95": pytest.approx(3.0, 0.01)}
+    assert record["metrics"]["co2_ppm"] == stats
