@@ -33,7 +33,7 @@ from streams.validate import (
     Reject,
     parse_message,
 )
-from streams.windows import Closed, DeviceState, add_reading, close_idle
+from streams.windows import Closed, DeviceState, add_reading, close_idle, idle_due
 
 S = TypeVar("S")
 RAW, FORWARDED = 0, 1  # index of the input in DeviceState.applied
@@ -306,11 +306,8 @@ class Ingest:
             due.pop(device_id, None)
 
     def _due(self, state: DeviceState) -> int:
-        """When the idle timer can first close a window of ``state``: its device silent
-        for ``idle`` and its oldest window past its end plus the grace (later silence
-        bounds, ``since`` and ``observed``, only move it later)."""
         cfg = self.windows
-        return max(state.last_arrival + cfg.idle_ms, min(state.open) + cfg.size_ms + cfg.grace_ms)
+        return idle_due(state, cfg.size_ms, cfg.grace_ms, cfg.idle_ms)
 
     def forward_value(self, readings: list[list[Any]], src: Source) -> bytes:
         key = None if src.key is None else base64.b64encode(src.key).decode()

@@ -165,6 +165,13 @@ def close_idle(
     return _close_until(state, now_ms - grace, size)
 
 
+def idle_due(state: DeviceState, size: int, grace: int, idle: int) -> int:
+    """The earliest wall time :func:`close_idle` can close a window of ``state`` (which
+    has open windows): the device silent for ``idle`` and its oldest window past its end
+    plus the grace. A later ``since`` only moves it later."""
+    return max(state.last_arrival + idle, min(state.open) + size + grace)
+
+
 def _close_until(state: DeviceState, limit: int, size: int) -> list[Closed]:
     """Close every open window whose end is at or before ``limit``, oldest first."""
     closed: list[Closed] = []
@@ -194,16 +201,18 @@ def device_window_record(
         "site": site,
         "window_start": start,
         "window_end": start + size,
-        "metrics": {
-            name: {
-                "count": len(a) - FIRST_VALUE,
-                "min": min(a[FIRST_VALUE:]),
-                "max": max(a[FIRST_VALUE:]),
-                "mean": sum(a[FIRST_VALUE:]) / (len(a) - FIRST_VALUE),
-                "last": a[LAST],
-            }
-            for name, a in aggs.items()
-        },
+        "metrics": {name: _stats(a) for name, a in aggs.items()},
+    }
+
+
+def _stats(agg: list[Any]) -> dict[str, float]:
+    values = agg[FIRST_VALUE:]
+    return {
+        "count": len(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": sum(values) / len(values),
+        "last": agg[LAST],
     }
 
 
