@@ -534,9 +534,12 @@ def build(
             candidates: list[str] | None = None
             done = 0
             while candidates is None or done < len(candidates):
-                if not ready.is_set():
-                    return  # a rebalance started between chunks: the next tick goes on
                 async with step:
+                    # Checked under `step`: a rebalance clears `ready`, then its checkpoint
+                    # takes `step` and lets go of it while Kafka acknowledges; closing
+                    # windows then would change state of partitions being handed over.
+                    if not ready.is_set():
+                        return  # (the next tick goes on)
                     out = Outbox()
                     now = now_ms()
                     since, observed, busy = quiet_state(now)
