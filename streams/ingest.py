@@ -276,44 +276,28 @@ class Ingest:
         busy: frozenset[int] | set[int] = frozenset(),
         since_ms: int = 0,
         observed: Mapping[int, int] | None = None,
+        devices: Iterable[str] | None = None,
     ) -> None:
         """The idle timer: close windows of devices that went quiet. Silence counts
         from ``since[partition]`` (default ``since_ms``, the takeover) at the earliest,
         and up to ``observed[partition]`` at the latest (the broker's latest answer for
         that input: later silence may be an outage); partitions in ``busy`` have input
-        not yet read, or none readable at all, so none of their devices is quiet now."""
-        candidates = self.idle_candidates(now_ms, busy)
-        self.close_quiet(candidates, now_ms, out, since, busy, since_ms, observed)
+        not yet read, or none readable at all, so none of their devices is quiet now.
 
-    def idle_candidates(
-        self, now_ms: int, busy: frozenset[int] | set[int] = frozenset()
-    ) -> list[str]:
-        """Devices whose windows the idle timer may close now (without reading their
-        state): the worker closes them in chunks, see ``close_quiet``."""
-        due = self.due
-        return [d for d, p in self.active.items() if p not in busy and due.get(d, 0) <= now_ms]
-
-    def close_quiet(
-        self,
-        device_ids: Iterable[str],
-        now_ms: int,
-        out: Outbox,
-        since: Mapping[int, int] | None = None,
-        busy: frozenset[int] | set[int] = frozenset(),
-        since_ms: int = 0,
-        observed: Mapping[int, int] | None = None,
-    ) -> None:
-        """``tick`` for some of ``idle_candidates``: the worker hands each chunk's
-        outputs to the producer before the next, so closing 100,000 devices' windows
-        at once does not hold all their records (~50 MB measured) nor the pipeline's
-        lock. Devices no longer active (a reading or a rebalance since) are skipped."""
+        ``devices``: some of ``idle_candidates`` (default: all of them). The worker
+        closes them in chunks and hands each chunk's outputs to the producer before the
+        next, so closing 100,000 devices' windows at once does not hold all their
+        records (~50 MB measured) nor the pipeline's lock. Devices no longer active (a
+        reading or a rebalance since) are skipped."""
+        if devices is None:
+            devices = self.idle_candidates(now_ms, busy)
         since = since or {}
         observed = observed or {}
         cfg = self.windows
         get_device = self.registry.devices.get
         active = self.active
         due = self.due
-        for device_id in device_ids:
+        for device_id in devices:
             partition = active.get(device_id)
             if partition is None or partition in busy or due.get(device_id, 0) > now_ms:
                 continue
@@ -338,6 +322,14 @@ class Ingest:
             else:
                 del active[device_id]
                 due.pop(device_id, None)
+
+    def idle_candidates(
+        self, now_ms: int, busy: frozenset[int] | set[int] = frozenset()
+    ) -> list[str]:
+        """Devices whose windows the idle timer may close now (without reading their
+        state), for ``tick`` in chunks."""
+        due = self.due
+        return [d for d, p in self.active.items() if p not in busy and due.get(d, 0) <= now_ms]
 
     def _due(self, state: DeviceState) -> int:
         cfg = self.windows

@@ -547,7 +547,7 @@ def build(
                         candidates = ingest_stage.idle_candidates(now, busy)
                     chunk = candidates[done : done + IDLE_CLOSE_CHUNK]
                     done += len(chunk)
-                    ingest_stage.close_quiet(chunk, now, out, since, busy, owned_since[0], observed)
+                    ingest_stage.tick(now, out, since, busy, owned_since[0], observed, chunk)
                     drain(out)
                     if done < len(candidates):
                         # This chunk's records go to the producer now (which waits for

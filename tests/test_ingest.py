@@ -207,7 +207,7 @@ def test_idle_timer_in_chunks_closes_what_one_tick_would_and_nothing_heard_since
     candidates = stage.idle_candidates(later)
     assert sorted(candidates) == sorted(DEVICES)
     out = Outbox()
-    stage.close_quiet(candidates[:1], later, out)
+    stage.tick(later, out, devices=candidates[:1])
     # Between chunks a reading arrives for a device of the next chunk: its window stays.
     heard = candidates[-1]
     stage.on_raw(
@@ -216,7 +216,7 @@ def test_idle_timer_in_chunks_closes_what_one_tick_would_and_nothing_heard_since
         later,
         Outbox(),  # (that reading closed its old window itself)
     )
-    stage.close_quiet(candidates[1:], later, out)
-    stage.close_quiet(candidates[1:], later, out)  # (a repeated chunk closes nothing twice)
+    stage.tick(later, out, devices=candidates[1:])
+    stage.tick(later, out, devices=candidates[1:])  # (a repeated chunk closes nothing twice)
     assert sorted(d.device_id for d, _, _ in out.closed) == sorted(set(DEVICES) - {heard})
     assert list(stage.active) == [heard]
