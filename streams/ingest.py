@@ -13,7 +13,7 @@ on ``seq`` and handed on, enriched.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -78,7 +78,7 @@ class Outbox:
     forwards: dict[int, list[list[Any]]] = field(default_factory=dict)
     forward_sources: dict[int, Source] = field(default_factory=dict)
     accepted: list[tuple[Reading, Device]] = field(default_factory=list)
-    enriched: list[tuple[bytes, bytes]] = field(default_factory=list)
+    enriched: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # + partition
     # device windows closed: (device, device partition, (start, aggregates))
     closed: list[tuple[Device, int, Closed]] = field(default_factory=list)
 
@@ -162,8 +162,12 @@ class Ingest:
         whole = None if batch else value
         local: list[Reading] = []
         partitions = self.partitions
+        get_device = self.registry.devices.get
         for reading in readings:
-            owner = device_partition(reading.device_id, partitions)
+            device = get_device(reading.device_id)  # (its id is the cache's key: no copy)
+            owner = device_partition(
+                reading.device_id if device is None else device.device_id, partitions
+            )
             if owner == src.partition:
                 local.append(reading)
             else:
@@ -216,6 +220,9 @@ class Ingest:
                     self._deadletter(Reject(UNKNOWN_DEVICE, detail, payload), src, now_ms, out)
                     continue
                 device = unknown_device(device_id)
+            # The registry's string (interned): the keys of state, `active` and `due` hold
+            # no copy of each device's id as parsed from its first reading.
+            device_id = device.device_id
             state = touched.get(device_id)
             if state is None:
                 state = states.get(device_id)
@@ -247,7 +254,9 @@ class Ingest:
             self._inc_valid()
             out.accepted.append((reading, device))
             if self.emit_enriched:
-                out.enriched.append((device_id.encode(), enriched_record(reading, device)))
+                out.enriched.append(
+                    (device_id.encode(), enriched_record(reading, device), partition)
+                )
         active, due = self.active, self.due
         for device_id, state in touched.items():
             state.applied[input_index] = offset
@@ -267,24 +276,34 @@ class Ingest:
         busy: frozenset[int] | set[int] = frozenset(),
         since_ms: int = 0,
         observed: Mapping[int, int] | None = None,
+        devices: Iterable[str] | None = None,
     ) -> None:
         """The idle timer: close windows of devices that went quiet. Silence counts
         from ``since[partition]`` (default ``since_ms``, the takeover) at the earliest,
         and up to ``observed[partition]`` at the latest (the broker's latest answer for
         that input: later silence may be an outage); partitions in ``busy`` have input
-        not yet read, or none readable at all, so none of their devices is quiet now."""
+        not yet read, or none readable at all, so none of their devices is quiet now.
+
+        ``devices``: some of ``idle_candidates`` (default: all of them). The worker
+        closes them in chunks and hands each chunk's outputs to the producer before the
+        next, so closing 100,000 devices' windows at once does not hold all their
+        records (~50 MB measured). Devices no longer active are skipped."""
+        if devices is None:
+            devices = self.idle_candidates(now_ms, busy)
         since = since or {}
         observed = observed or {}
         cfg = self.windows
         get_device = self.registry.devices.get
+        active = self.active
         due = self.due
-        done: list[str] = []
-        for device_id, partition in self.active.items():
-            if partition in busy or due.get(device_id, 0) > now_ms:
+        for device_id in devices:
+            partition = active.get(device_id)
+            if partition is None or partition in busy or due.get(device_id, 0) > now_ms:
                 continue
             state = self.states.get(device_id)
             if state is None:
-                done.append(device_id)
+                del active[device_id]
+                due.pop(device_id, None)
                 continue
             quiet_from = since.get(partition, since_ms)
             until = min(now_ms, observed.get(partition, now_ms))
@@ -300,10 +319,16 @@ class Ingest:
             if state.open:
                 due[device_id] = self._due(state)
             else:
-                done.append(device_id)
-        for device_id in done:
-            del self.active[device_id]
-            due.pop(device_id, None)
+                del active[device_id]
+                due.pop(device_id, None)
+
+    def idle_candidates(
+        self, now_ms: int, busy: frozenset[int] | set[int] = frozenset()
+    ) -> list[str]:
+        """Devices whose windows the idle timer may close now (without reading their
+        state), for ``tick`` in chunks."""
+        due = self.due
+        return [d for d, p in self.active.items() if p not in busy and due.get(d, 0) <= now_ms]
 
     def _due(self, state: DeviceState) -> int:
         cfg = self.windows

@@ -28,8 +28,9 @@ OUTPUT_LINGER_S = 0.005
 OUTPUT_BATCH_BYTES = 512 * 1024
 OUTPUT_REQUEST_BYTES = 4 * 1024 * 1024
 
-# Partitions of keys seen, per partition count: device ids are bounded by the registry,
-# other keys (districts, alert scopes) are few; cleared when it grows past this anyway.
+# Partitions of keys seen, per partition count: device-keyed records come with their
+# owner's partition (see Outputs.add), other keys (districts) are few; cleared when it
+# grows past this anyway.
 _CACHE_MAX = 262_144
 
 
@@ -48,15 +49,27 @@ class Outputs:
     """Records waiting for the next flush, per topic, in the order they were added
     (Kafka keeps that order per partition)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner_partitions: int | None = None) -> None:
+        self.owner_partitions = owner_partitions
         self.records: dict[str, list[Record]] = {}
         self._partitions: dict[str, int] = {}  # partition count per topic
+        self._owner_topics: set[str] = set()  # ... of those, with owner_partitions
         self._cache: dict[int, dict[bytes, int]] = {}
         self._round_robin = 0
 
     def add(
-        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        owner: int | None = None,
     ) -> None:
+        """``owner``: the partition ``key`` has with ``owner_partitions`` partitions (a
+        device's, known to the caller); it is the record's partition once ``topic`` is
+        known to have that many, which saves hashing it or caching a copy of ``key``."""
+        if partition is None and owner is not None and topic in self._owner_topics:
+            partition = owner
         records = self.records.get(topic)
         if records is None:
             records = self.records[topic] = []
@@ -77,6 +90,8 @@ class Outputs:
             count = self._partitions.get(topic)
             if count is None:
                 count = self._partitions[topic] = len(await producer.partitions_for(topic))
+                if count == self.owner_partitions:
+                    self._owner_topics.add(topic)
             builders: dict[int, Any] = {}
             full: list[tuple[int, Any]] = []
             for key, value, partition in records:

@@ -196,3 +196,27 @@ def test_idle_timer_reads_a_devices_state_only_once_a_window_can_close(stage: In
     stage.tick(NOW + 70_000, out)
     assert store.reads == [DEVICES[0]] and [d.device_id for d, _, _ in out.closed] == [DEVICES[0]]
     assert list(stage.active) == [DEVICES[1]]
+
+
+def test_idle_timer_in_chunks_closes_what_one_tick_would_and_nothing_heard_since(
+    stage: Ingest,
+) -> None:
+    for i, device_id in enumerate(DEVICES):
+        send(stage, reading(device_id, i + 1))  # windows [NOW, NOW + 60 s), arrived at NOW
+    later = NOW + 80_000
+    candidates = stage.idle_candidates(later)
+    assert sorted(candidates) == sorted(DEVICES)
+    out = Outbox()
+    stage.tick(later, out, devices=candidates[:1])
+    # Between chunks a reading arrives for a device of the next chunk: its window stays.
+    heard = candidates[-1]
+    stage.on_raw(
+        orjson.dumps(reading(heard, 50) | {"ts": NOW + 70_000}),
+        Source("telemetry.raw", device_partition(heard, PARTITIONS), next(OFFSETS), b"k"),
+        later,
+        Outbox(),  # (that reading closed its old window itself)
+    )
+    stage.tick(later, out, devices=candidates[1:])
+    stage.tick(later, out, devices=candidates[1:])  # (a repeated chunk closes nothing twice)
+    assert sorted(d.device_id for d, _, _ in out.closed) == sorted(set(DEVICES) - {heard})
+    assert list(stage.active) == [heard]

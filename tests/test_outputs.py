@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.admin import ensure_topics
 from streams.outputs import Outputs
+from streams.routing import key_partition
 from streams.settings import Settings
 from streams.topics import TopicSpec
 from tests.kafkautil import consume_records
@@ -69,3 +70,37 @@ async def test_a_record_larger_than_a_batch_goes_in_a_batch_of_its_own(
         await producer.stop()
     got = await consume_records(settings.broker, topic, 3, timeout=30)
     assert [r.value for r in got] == values
+
+
+async def test_a_devices_owner_partition_is_used_where_the_topic_has_as_many(
+    settings: Settings,
+) -> None:
+    same, other = settings.topic_prefix + "same", settings.topic_prefix + "other"
+    await ensure_topics(settings, [TopicSpec(same, 3, {}), TopicSpec(other, 2, {})])
+    # An owner the key's own hash would not give: the record must go where it is told.
+    owner = (key_partition(b"k", 3) + 1) % 3
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker)
+    await producer.start()
+    try:
+        outputs = Outputs(owner_partitions=3)
+        for topic in (same, other):  # (partition counts not known yet: the key decides)
+            outputs.add(topic, b"k", b"first", None, owner)
+        futures = await outputs.flush(producer, outputs.take())
+        for topic in (same, other):
+            outputs.add(topic, b"k", b"owned", None, owner)
+        futures += await outputs.flush(producer, outputs.take())
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+    got = {
+        (topic, r.value): r.partition
+        for topic in (same, other)
+        for r in await consume_records(settings.broker, topic, 2, timeout=30)
+    }
+    assert got == {
+        (same, b"first"): key_partition(b"k", 3),
+        (same, b"owned"): owner,
+        (other, b"first"): key_partition(b"k", 2),
+        (other, b"owned"): key_partition(b"k", 2),
+    }
