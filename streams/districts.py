@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
 from streams.enrich import UNKNOWN_KIND, Device, Registry
 from streams.ingest import StateStore
 from streams.metrics import Metrics
-from streams.routing import key_partition
 from streams.windows import (
     Closed,
     DistrictState,
@@ -36,59 +34,14 @@ class DistrictOutbox:
         self.records.clear()
 
 
-class DistrictBatches:
-    """Closed device windows waiting to leave for the district stage, one message per
-    partition of its input.
-
-    One message per device window made the district stage consume one Kafka message,
-    through faust's per-event machinery, per closed window: about one per reading when
-    readings are a window apart. A batch's value maps each (district, kind) state key
-    to its windows, in the order they closed; the message has no key and goes to the
-    partition of its state keys (``key_partition`` of the key, as a keyed message
-    would). So one state key is still on one partition, in order.
-    """
-
-    def __init__(self, partitions: int, size_ms: int, max_windows: int = 500) -> None:
-        self.partitions = partitions
-        self.size_ms = size_ms
-        self.max_windows = max_windows  # a partition's batch leaves when it has this many
-        self.pending: dict[int, dict[str, list[list[Any]]]] = {}
-        self.counts: dict[int, int] = {}
-        self._partition_of: dict[str, int] = {}  # (district, kind) keys: a few hundred
-
-    def add(self, device: Device, window: Closed) -> tuple[int, bytes] | None:
-        """Queue one closed device window; returns a batch that is full, as
-        (partition, value), to be sent now. Devices that belong to no district
-        (unregistered ones passed as ``unknown``) are left out."""
-        if device.kind == UNKNOWN_KIND:
-            return None
-        key = orjson.dumps([device.district, device.kind]).decode()
-        partition = self._partition_of.get(key)
-        if partition is None:
-            partition = key_partition(key.encode(), self.partitions)
-            if len(self._partition_of) < _KEYS_MAX:
-                self._partition_of[key] = partition
-        start, aggs = window
-        entry = [device.device_id, start, start + self.size_ms, aggs]
-        self.pending.setdefault(partition, {}).setdefault(key, []).append(entry)
-        n = self.counts[partition] = self.counts.get(partition, 0) + 1
-        if n >= self.max_windows:
-            self.counts.pop(partition)
-            return partition, orjson.dumps(self.pending.pop(partition))
+def district_message(device: Device, window: Closed, size_ms: int) -> tuple[bytes, bytes] | None:
+    """A closed device window as the district stage's input: (key, value), or None for
+    devices that belong to no district (unregistered ones passed as ``unknown``)."""
+    if device.kind == UNKNOWN_KIND:
         return None
-
-    def take(self) -> list[tuple[int, bytes]]:
-        """Every queued batch, as (partition, value); the queue is left empty."""
-        out = [(p, orjson.dumps(groups)) for p, groups in self.pending.items()]
-        self.pending.clear()
-        self.counts.clear()
-        return out
-
-    def __bool__(self) -> bool:
-        return bool(self.pending)
-
-
-_KEYS_MAX = 65_536  # bounded: districts and kinds come from the registry
+    start, aggs = window
+    key = orjson.dumps([device.district, device.kind])
+    return key, orjson.dumps([device.device_id, start, start + size_ms, aggs])
 
 
 def encode_district(state: DistrictState) -> bytes:
@@ -118,44 +71,9 @@ class Districts:
         self.wait = wait_ms
         self.active: dict[str, int] = {}  # state key -> partition, for the timer
 
-    def on_batch(self, value: bytes, partition: int, offset: int, now_ms: int) -> None:
-        """One message of :class:`DistrictBatches`: every state key's windows are
-        applied, or (redelivered after a restart) none of them."""
-        try:
-            groups = orjson.loads(value)
-            if not isinstance(groups, dict):
-                raise TypeError(f"a batch is an object, not {type(groups).__name__}")
-        except Exception:  # internal topic, but never crash on what it carries
-            log.warning("corrupt device window batch at %d@%d ignored", partition, offset)
-            self.metrics.district_input_errors.inc()
-            return
-        for state_key, windows in groups.items():
-            state = self.states.get(state_key)
-            if state is None:
-                state = DistrictState()
-            elif offset <= state.applied:
-                continue  # redelivered after a restart: already applied
-            if not isinstance(windows, list):
-                windows = [windows]  # (not a window either: counted as an error below)
-            for window in windows:
-                try:
-                    device_id, start, end, aggs = window
-                    added = add_device_window(state, device_id, start, end, aggs, now_ms, self.size)
-                except Exception:  # one bad entry: the others still count
-                    log.warning("corrupt device window in %d@%d ignored", partition, offset)
-                    self.metrics.district_input_errors.inc()
-                    continue
-                if not added:
-                    self.metrics.late_device_windows.inc()
-            state.applied = offset
-            self.states.set(state_key, state, partition)
-            self.active[state_key] = partition
-
     def on_device_window(
         self, key: bytes, value: bytes, partition: int, offset: int, now_ms: int
     ) -> None:
-        """One keyed device window: the input's format before DistrictBatches (a worker
-        of an earlier version may still write it during a rolling upgrade)."""
         try:
             orjson.loads(key)
             device_id, start, end, aggs = orjson.loads(value)

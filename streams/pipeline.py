@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.alerts import Alerting, AlertState, decode_alerts, encode_alerts
 from streams.districts import (
-    DistrictBatches,
     DistrictOutbox,
     Districts,
     decode_district,
+    district_message,
     encode_district,
 )
 from streams.enrich import UNKNOWN_KIND, Registry
@@ -241,9 +241,6 @@ def build(
     # Straight to aiokafka, not through faust's Topic.send or aiokafka's per-record
     # send: their layers cost more than the rest of a reading's path (profiled).
     outputs = Outputs(owner_partitions=settings.partitions)
-    # Closed device windows for the district stage wait here, one batch per partition,
-    # and join `outputs` at its flush (see DistrictBatches).
-    district_batches = DistrictBatches(settings.partitions, window_ms)
 
     def producer() -> Any:
         if transactions is not None:
@@ -253,8 +250,6 @@ def build(
     async def flush_outputs() -> None:
         """Under `step`: what is buffered goes to the producer; its futures join
         `inflight`, which the next checkpoint awaits before acknowledging input."""
-        for partition, value in district_batches.take():
-            outputs.add(by_district_name, None, value, partition)
         taken = outputs.take()
         if not taken:
             return
@@ -343,7 +338,6 @@ def build(
     async def abandon(txn: Transactions) -> None:
         async with checkpoint_lock, step:
             pending.clear()  # never acknowledged: processed again by the new owner
-            district_batches.take()
             outputs.take()
             inflight.clear()
             for m in maps:
@@ -432,10 +426,9 @@ def build(
                 value = orjson.dumps(record)
                 send(device_windows_topic, device.device_id.encode(), value, None, owner)
                 metrics.windows_emitted_device.inc()
-                # (joins `outputs` at the flush that `send` above armed)
-                full = district_batches.add(device, window)
-                if full is not None:
-                    send(by_district_name, None, full[1], full[0])
+                message = district_message(device, window, window_ms)
+                if message is not None:
+                    send(by_district_name, message[0], message[1])
         out.clear()
 
     # --- agents ---------------------------------------------------------------------
@@ -475,14 +468,11 @@ def build(
             if not ready.is_set():
                 await ready.wait()
             msg = event.message
-            if msg.value is not None:
+            if msg.key is not None and msg.value is not None:
                 async with step:
-                    if msg.key is None:
-                        district_stage.on_batch(msg.value, msg.partition, msg.offset, now_ms())
-                    else:  # (one window, keyed: an earlier version's format)
-                        district_stage.on_device_window(
-                            msg.key, msg.value, msg.partition, msg.offset, now_ms()
-                        )
+                    district_stage.on_device_window(
+                        msg.key, msg.value, msg.partition, msg.offset, now_ms()
+                    )
             pending.append(event)
 
     # --- timers: windows close when input goes quiet -----------------------------------
