@@ -156,9 +156,12 @@ def audit_readings(
     ledger: list[Reading],
     enriched: list[dict[str, Any]],
     deadletters: list[dict[str, Any]] | None = None,
+    repeated: set[tuple[str, int]] | None = None,
 ) -> Counts:
     """Every acknowledged reading is published enriched (at least once); a lost one
-    is named with its dead-letter reason if it was dead-lettered."""
+    is named with its dead-letter reason if it was dead-lettered, and as sent twice if
+    it is one of ``repeated`` (device, seq) (then the pipeline took both copies for
+    repeats, or lost the copy it kept)."""
     c = Counts(expected=len(ledger), got=len(enriched))
     seen: dict[tuple[str, int], int] = defaultdict(int)
     for e in enriched:
@@ -174,6 +177,8 @@ def audit_readings(
         n = seen.get((r.device_id, r.seq), 0)
         if n == 0:
             why = reasons.get((r.device_id, r.seq), "not dead-lettered either")
+            if repeated is not None:
+                why += ", sent twice" if (r.device_id, r.seq) in repeated else ", sent once"
             c.problem("lost", f"{r.device_id} seq {r.seq} ({why})")
         else:
             c.duplicated += n - 1
@@ -302,13 +307,14 @@ def audit(
     district_ms: int,
     outputs: dict[str, list[dict[str, Any]]],
     window_ledger: list[Reading] | None = None,
+    repeated: set[tuple[str, int]] | None = None,
 ) -> Audit:
     """``outputs``: the records of telemetry.enriched, metrics.device, metrics.district
     and alerts, under the keys ``enriched``, ``device``, ``district`` and ``alerts``.
     Windows are expected from ``window_ledger`` (default: the whole ledger)."""
     devices = expected_device_windows(ledger if window_ledger is None else window_ledger, window_ms)
     return Audit(
-        readings=audit_readings(ledger, outputs["enriched"], outputs.get("deadletter")),
+        readings=audit_readings(ledger, outputs["enriched"], outputs.get("deadletter"), repeated),
         device_windows=audit_device_windows(devices, outputs["device"]),
         district_windows=audit_district_windows(devices, fleet, district_ms, outputs["district"]),
         alerts=audit_alerts(expected_alerts(ledger, fleet, ruleset), outputs["alerts"]),

@@ -111,6 +111,7 @@ class Load:
     sent: int = 0
     resent: int = 0
     repeats: int = 0  # readings sent twice on purpose
+    repeated: set[tuple[str, int]] = field(default_factory=set)  # ... their (device, seq)
     failures: int = 0
     behind_s: float = 0.0  # how far the generator fell behind its schedule, at worst
     seqs: dict[int, int] = field(default_factory=dict)  # per device index, the last seq
@@ -179,6 +180,7 @@ class Load:
                     await producer.send(self.topic, value, key=key)
                     self.sent += 1
                     self.repeats += 1
+                    self.repeated.add((device_id, seq))
                 n += 1
             # Until every reading is acknowledged: counted by the callbacks themselves
             # (a future can be done before its callback has queued a retry).

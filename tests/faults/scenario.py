@@ -194,6 +194,7 @@ async def run_scenario(
             DISTRICT_S * 1000,
             outputs,
             window_ledger=normal,
+            repeated=load.repeated,
         ),
         run,
         rss_start,

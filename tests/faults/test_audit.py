@@ -97,3 +97,16 @@ def test_each_kind_of_fault_is_counted() -> None:
     assert result.district_windows.lost == 1
     assert result.alerts.lost == 1
     assert not result.clean
+
+
+def test_a_lost_reading_says_whether_it_was_sent_twice() -> None:
+    out = outputs()
+    lost = [out["enriched"].pop(), out["enriched"].pop(0)]
+    twice = {(str(lost[0]["device_id"]), int(lost[0]["seq"]))}
+    result = audit(ledger(), DEVICES, RULESET, 10_000, 30_000, out, repeated=twice)
+    assert result.readings.lost == 2
+    said = sorted(result.readings.examples)
+    assert said == sorted(
+        f"lost: {e['device_id']} seq {e['seq']} (not dead-lettered either, {how})"
+        for e, how in zip(lost, ["sent twice", "sent once"], strict=True)
+    )
