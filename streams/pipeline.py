@@ -534,7 +534,7 @@ def build(
             # `step` is held throughout, as for a checkpoint: nothing else changes state
             # while windows close, even while a chunk's records wait for the producer.
             # (Letting go of it between chunks, so readings flowed meanwhile, lost two
-            # readings in one of the fault battery's runs, cause not found: not worth it.)
+            # readings in two of three fault-battery CI runs, cause not found: not worth it.)
             async with step:
                 candidates: list[str] | None = None
                 done = 0
