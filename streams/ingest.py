@@ -233,7 +233,7 @@ class Ingest:
                 touched[device_id] = state
             if reading.seq is not None:
                 seen = SeqState(state.seq_high, state.seq_mask) if state.seq_high >= 0 else None
-                verdict = check_seq(seen, reading.seq)
+                verdict = check_seq(seen, reading.seq, reading.ts, state.max_ts)
                 if verdict.duplicate:
                     self.metrics.duplicates.inc()
                     continue

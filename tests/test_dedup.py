@@ -38,3 +38,23 @@ def test_state_stays_two_small_integers() -> None:
     for seq in range(10 * WIDTH):
         state = check_seq(state, seq).state
     assert state is not None and state.mask.bit_length() <= WIDTH
+
+
+def test_a_seen_seq_with_a_newer_event_time_is_a_restarted_counter() -> None:
+    state = SeqState(40, (1 << 40) - 1)  # seqs 1 to 40 seen, the newest at ts 1,000
+    verdict = check_seq(state, 1, ts=2_000, newest_ts=1_000)  # rebooted: seq 1 again, later
+    assert (verdict.duplicate, verdict.reset, verdict.state) == (False, True, SeqState(1, 1))
+    assert not check_seq(verdict.state, 2, ts=2_060, newest_ts=2_000).duplicate
+
+
+def test_a_true_repeat_is_dropped_whatever_came_between() -> None:
+    state = check_seq(None, 7, ts=1_000).state
+    assert check_seq(state, 7, ts=1_000, newest_ts=1_000).duplicate  # same seq, same time
+    state = check_seq(state, 8, ts=1_060, newest_ts=1_000).state
+    assert check_seq(state, 7, ts=1_000, newest_ts=1_060).duplicate  # older than the newest
+
+
+def test_an_unseen_seq_fills_its_gap_without_a_reset() -> None:
+    state = check_seq(check_seq(None, 5).state, 7).state
+    verdict = check_seq(state, 6, ts=9_000, newest_ts=1_000)
+    assert (verdict.duplicate, verdict.reset, verdict.state.high) == (False, False, 7)

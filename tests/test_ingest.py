@@ -220,3 +220,13 @@ def test_idle_timer_in_chunks_closes_what_one_tick_would_and_nothing_heard_since
     stage.tick(later, out, devices=candidates[1:])  # (a repeated chunk closes nothing twice)
     assert sorted(d.device_id for d, _, _ in out.closed) == sorted(set(DEVICES) - {heard})
     assert list(stage.active) == [heard]
+
+
+def test_a_device_that_restarts_its_counter_keeps_its_readings(stage: Ingest) -> None:
+    device = DEVICES[0]
+    before = [reading(device, seq) for seq in range(1, 6)]
+    after = [dict(reading(device, seq), ts=NOW + 60_000 + seq) for seq in range(1, 6)]
+    accepted = [len(send(stage, doc).accepted) for doc in [*before, *after, after[2]]]
+    assert accepted == [1] * 10 + [0]  # every reading after the reset once; the repeat not
+    assert stage.metrics.seq_resets._value.get() == 1
+    assert stage.metrics.duplicates._value.get() == 1
