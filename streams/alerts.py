@@ -21,6 +21,13 @@ Lifecycle, per device and *episode group* (a rule's own name, or the rule it
 
 A device's readings are evaluated in event-time order: one older than the latest one a
 rule has seen for that device does not change the rule (it still counts in windows).
+
+``for`` and ``clear_for`` never span a gap in a device's data: when more than ``k``
+times its interval (its ``heartbeat_s``, else its learned cadence) passed in event time
+since a rule's previous reading, the rule's pending condition, or an active rule's
+clear condition, starts again from this reading, as Prometheus resets a pending alert
+whose series went stale. Three minutes above a threshold, an hour without data and
+three more minutes above it have not held for five minutes.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from streams.rules import Rule, RuleSet
 from streams.validate import Reading
 
 BUCKETS = 12  # a mean_over window is kept as this many partial sums
+MIN_GAPS = 3  # gaps seen before a learned cadence is trusted (as offline detection)
 
 
 @dataclass(slots=True)
@@ -99,11 +107,17 @@ class Episode:
 class AlertState:
     rules: dict[str, RuleState] = field(default_factory=dict)
     episodes: dict[str, Episode] = field(default_factory=dict)  # by group
+    # The device's reporting cadence in event time, learned for devices without a
+    # heartbeat_s (a gap longer than k of them restarts `for`: see the module's doc).
+    seen_ts: int = -1  # latest event time evaluated
+    cadence: float = 0.0  # mean gap, ms, of the last ~10 ordinary gaps
+    gaps: int = 0
 
     def to_json(self) -> list[Any]:
         return [
             {name: rs.to_json() for name, rs in self.rules.items()},
             [e.to_json() for e in self.episodes.values()],
+            [self.seen_ts, self.cadence, self.gaps],
         ]
 
     @classmethod
@@ -111,7 +125,26 @@ class AlertState:
         state = cls()
         state.rules = {name: RuleState.from_json(rs) for name, rs in doc[0].items()}
         state.episodes = {e[1]: Episode(*e) for e in doc[1]}
+        if len(doc) > 2:  # (state written before the cadence was kept has none)
+            state.seen_ts, state.cadence, state.gaps = doc[2]
         return state
+
+    def max_gap(self, device: Device, k: float) -> float | None:
+        """The longest gap in event time that ``for`` may span (None: not known yet)."""
+        if device.heartbeat_s:
+            return k * device.heartbeat_s * 1000.0
+        return k * self.cadence if self.gaps >= MIN_GAPS else None
+
+    def learn(self, ts: int, max_gap: float | None) -> None:
+        """The device reported at ``ts``: learn its cadence from ordinary gaps (a gap
+        past ``max_gap`` is an outage, not the cadence)."""
+        gap = ts - self.seen_ts
+        if gap <= 0:
+            return
+        if self.seen_ts >= 0 and (max_gap is None or gap <= max_gap):
+            self.cadence += (gap - self.cadence) / min(self.gaps + 1, 10)
+            self.gaps += 1
+        self.seen_ts = ts
 
 
 def encode_alerts(state: AlertState) -> bytes:
@@ -241,12 +274,17 @@ def evaluate(
     metrics: dict[str, float],
     out: list[dict[str, Any]],
     latest: Mapping[str, Mapping[str, float]] = NO_CONTEXT,
+    gap_k: float = 3.0,
 ) -> bool:
     """Run ``rules`` on one reading; append alert events to ``out``. Returns whether
     ``state`` changed (and must be written). ``latest`` holds other devices' latest
-    values of occupancy metrics (for rules with an ``occupancy`` condition)."""
+    values of occupancy metrics (for rules with an ``occupancy`` condition); a gap of
+    more than ``gap_k`` intervals restarts ``for`` and ``clear_for`` (the rules file's
+    offline ``k``)."""
     changed = False
     groups: list[str] = []
+    max_gap = state.max_gap(device, gap_k)
+    state.learn(ts, max_gap)
     for rule in rules:
         v = metrics.get(rule.metric)
         if v is None:
@@ -261,6 +299,8 @@ def evaluate(
             rs = state.rules[rule.name] = RuleState()
         if ts < rs.last_ts:
             continue  # older than what this rule has seen: see the module's docstring
+        if max_gap is not None and rs.last_ts >= 0 and ts - rs.last_ts > max_gap:
+            rs.since = rs.clear_since = -1  # a gap in the data: the waits start again
         rs.last_ts = ts
         changed = True
         x = _derive(rule, rs, ts, float(v))
@@ -376,6 +416,7 @@ class Alerting:
         self, accepted: list[tuple[Reading, Device]], out: list[dict[str, Any]]
     ) -> None:
         for_kind = self.ruleset.for_kind
+        gap_k = self.ruleset.offline_k
         for reading, device in accepted:
             rules = for_kind(device.kind)
             if not rules:
@@ -383,7 +424,7 @@ class Alerting:
             state = self.states.get(device.device_id)
             if state is None:
                 state = AlertState()
-            if evaluate(state, rules, device, reading.ts, reading.metrics, out, self.latest):
+            if evaluate(state, rules, device, reading.ts, reading.metrics, out, self.latest, gap_k):
                 self.states.set(
                     device.device_id, state, device_partition(device.device_id, self.partitions)
                 )

@@ -6,6 +6,9 @@ envelopes or gateway batches); it is validated as the pipeline does, except that
 recorded event times are not compared with the wall clock. Readings are evaluated per
 device in file order, as the pipeline evaluates them in arrival order. Offline
 detection runs on the wall clock and is not replayed.
+
+Without ``--registry`` the device records are the recording's own, found next to it
+(:func:`registry_beside`): ``classroom-co2.jsonl`` goes with ``classroom-devices.jsonl``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from streams.alerts import AlertState, evaluate
@@ -22,6 +26,24 @@ from streams.validate import Limits, parse_message
 
 # Recorded data is old: only the size limit of the live pipeline applies.
 _LIMITS = Limits(max_bytes=1 << 20, max_future_ms=1 << 62, max_past_ms=1 << 62)
+
+
+def registry_beside(recording: Path) -> Path | None:
+    """The device records that go with ``recording``, from its folder, or None.
+
+    The first file that exists of ``<prefix>-devices.jsonl`` (then ``.csv``) for the
+    leading ``-``-separated parts of the recording's name, longest first, then
+    ``devices.jsonl`` (``.csv``): ``classroom-co2.jsonl`` looks for
+    ``classroom-co2-devices.jsonl``, ``classroom-devices.jsonl``, ``devices.jsonl``.
+    """
+    parts = recording.stem.split("-")
+    names = ["-".join(parts[:n]) + "-devices" for n in range(len(parts), 0, -1)]
+    for name in [*names, "devices"]:
+        for suffix in (".jsonl", ".csv"):
+            path = recording.parent / (name + suffix)
+            if path.is_file() and not path.samefile(recording):
+                return path
+    return None
 
 
 @dataclass(slots=True)
@@ -63,7 +85,9 @@ def backtest(ruleset: RuleSet, registry: Registry, lines: Iterable[bytes]) -> Ba
             rules = ruleset.for_kind(device.kind)
             if rules:
                 state = states.setdefault(reading.device_id, AlertState())
-                evaluate(state, rules, device, reading.ts, reading.metrics, events)
+                evaluate(
+                    state, rules, device, reading.ts, reading.metrics, events, {}, ruleset.offline_k
+                )
         for e in events:
             episode = by_id.get(e["alert_id"])
             if episode is None:

@@ -50,8 +50,41 @@ def test_for_duration_then_one_firing_and_one_resolved() -> None:
 
 def test_a_dip_while_pending_starts_the_wait_again() -> None:
     state = AlertState()
-    assert run(state, [(0, 1200), (3, 1200), (4, 990), (5, 1200), (9, 1200)]) == []
+    series = [
+        (0, 1200),
+        (1, 1200),
+        (2, 1200),
+        (3, 1200),
+        (4, 990),
+        *((m, 1200) for m in range(5, 10)),
+    ]
+    assert run(state, series) == []
     assert brief(run(state, [(10, 1200)])) == [("firing", "classroom_co2_high", "warning")]
+
+
+def test_a_gap_in_the_data_does_not_complete_for() -> None:
+    state = AlertState()  # 3 min above 1000 ppm, an hour without data, 3 min above again
+    series = [(m, 1200) for m in range(4)] + [(60 + m, 1200) for m in range(4)]
+    assert run(state, series) == []
+    assert brief(run(state, [(65, 1200)])) == [("firing", "classroom_co2_high", "warning")]
+
+
+def test_a_gap_in_the_data_does_not_complete_clear_for() -> None:
+    state = AlertState()
+    assert brief(run(state, [(m, 1200) for m in range(6)]))[0][0] == "firing"
+    assert run(state, [(6, 850), (30, 850)]) == []  # below 900, but 24 min without data
+    assert brief(run(state, [(31, 850)])) == [("resolved", "classroom_co2_high", "warning")]
+
+
+def test_without_a_heartbeat_the_gap_is_judged_by_the_learned_cadence() -> None:
+    room = Device(
+        "dui-mitte-gs017-r13-air", "classroom_air", "Mitte", "gs017", None, None, None, None
+    )
+    state, out = AlertState(), []
+    for minute in [*range(4), *range(60, 64)]:  # cadence learned: 1 min; then an hour away
+        evaluate(state, RULES, room, at(minute), {"co2_ppm": 1200.0}, out)
+    assert out == [] and state.gaps == 6  # the hour taught the cadence nothing
+    assert state.max_gap(room, 3.0) == 180_000
 
 
 def test_hysteresis_a_value_hovering_at_the_threshold_does_not_flap() -> None:
