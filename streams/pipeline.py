@@ -37,7 +37,15 @@ from streams.ingest import (
     decode_device,
     encode_device,
 )
-from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
+from streams.liveness import (
+    SCOPE_RULE,
+    Family,
+    Liveness,
+    decode_family,
+    district_key,
+    encode_family,
+    root_of,
+)
 from streams.metrics import Metrics, serve
 from streams.outputs import (
     OUTPUT_BATCH_BYTES,
@@ -574,6 +582,11 @@ def build(
             log.exception("closing windows failed; retrying at the next tick")
 
     # --- liveness: offline devices, correlated by their root (streams/liveness.py) -------
+    def family_home(root: str) -> int:
+        """The liveness partition of a family: its root's district's, so that one owner
+        sees a whole district go silent (cached per district name)."""
+        return device_partition(district_key(registry, root), settings.partitions)
+
     @app.timer(1.0)
     async def flush_heard() -> None:
         # "Heard" notes are batched per second and partition: one message per partition,
@@ -584,7 +597,7 @@ def build(
         batches: dict[int, list[list[Any]]] = {}
         for device_id, (arrival, ts) in heard.items():
             root = root_of(registry, device_id)
-            part = device_partition(root, settings.partitions)  # (cached: once per root)
+            part = family_home(root)
             batches.setdefault(part, []).append([root, device_id, arrival, ts])
         heard.clear()
         try:
@@ -605,9 +618,12 @@ def build(
                 fired: list[dict[str, Any]] = []
                 try:
                     for root, device_id, arrival, ts in orjson.loads(msg.value):
+                        if family_home(root) != msg.partition:
+                            continue  # routed before an upgrade or a registry change
                         family = families.get(root)
                         if family is None:
                             family = Family()
+                            liveness.track(root)
                         liveness.heard(family, device_id, int(arrival), int(ts), fired)
                         families.set(root, family, msg.partition)
                         family_partition[root] = msg.partition
@@ -629,18 +645,31 @@ def build(
                 now = now_ms()
                 fired: list[dict[str, Any]] = []
                 since = owned_since[0]
-                for root, part in family_partition.items():
+                # Peeked once a round: a cold family decodes to a new object each time,
+                # and the one the round changes is the one to write.
+                judged: dict[str, Family] = {}
+
+                def peek(root: str) -> Family | None:
+                    family = judged.get(root)
+                    if family is None and (family := families.peek(root)) is not None:
+                        judged[root] = family
+                    return family
+
+                judge = liveness.round(now, since, peek)
+                for root in family_partition:
                     if check_due.get(root, 0) > now:
                         continue
-                    family = families.peek(root)
-                    if family is None:
-                        continue
-                    if liveness.tick(family, now, since, fired):
-                        families.set(root, family, part)
-                        if liveness.any_offline(family):
-                            offline_roots.add(root)
-                        else:
-                            offline_roots.discard(root)
+                    family = judge.peek(root)
+                    if family is not None:
+                        judge.family(root, family, fired)
+                for root in judge.finish(fired):
+                    family = judged[root]
+                    families.set(root, family, family_partition[root])
+                    if liveness.any_offline(family):
+                        offline_roots.add(root)
+                    else:
+                        offline_roots.discard(root)
+                for root, family in judged.items():
                     check_due[root] = liveness.next_check(family, since)
                 send_alerts(fired)
         except Exception:
@@ -685,6 +714,9 @@ def build(
                         episodes[k] = episodes.get(k, 0) + 1
                     d = (device.district, device.kind)
                     offline[d] = offline.get(d, 0) + 1
+            for district in liveness.scopes:  # open district_silent episodes
+                k = (SCOPE_RULE, liveness.scope_severity, district)
+                episodes[k] = episodes.get(k, 0) + 1
             metrics.episodes_active.clear()
             for (rule, severity, district), n in episodes.items():
                 metrics.episodes_active.labels(rule, severity, district).set(n)
@@ -742,6 +774,13 @@ def build(
             partition_of = m.replace(records)
             if m is families:
                 family_partition.update(partition_of)
+        # Families kept where an earlier version routed them (by root, not district):
+        # their notes go elsewhere now, so they would only go silent here.
+        for root, part in list(family_partition.items()):
+            if family_home(root) != part:
+                del family_partition[root]
+                families.forget(root)
+        liveness.restore(dict(families.items()))
         # Of the records as loaded (the changelog's), before anything decodes them
         digest = state_digest({k.encode(): v for k, v in device_states.cold.items()})
         input_down.clear()

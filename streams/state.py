@@ -104,6 +104,12 @@ class DurableMap(Generic[V]):
         self.dirty[key] = partition
         self.cold.pop(key, None)  # (set without a get first: the cold record is stale)
 
+    def forget(self, key: str) -> None:
+        """Drop ``key`` from this worker's memory (not from the changelog)."""
+        self.live.pop(key, None)
+        self.cold.pop(key, None)
+        self.dirty.pop(key, None)
+
     def items(self) -> Iterator[tuple[str, V]]:
         """Every key this worker holds, decoded: a read-only view (a cold value is
         decoded for the caller, not kept: changing it changes nothing). Not a hot path."""

@@ -153,3 +153,95 @@ def test_no_tick_before_next_check_finds_anything(seed: int) -> None:
         ]
         assert due >= 2**62 or suspects
         tick(live, family, now, owned)
+
+
+# --- a silent district is one incident --------------------------------------------------
+def city(
+    per_district: int = 170, districts: tuple[str, ...] = ("Mitte", "Hamborn", "Süd")
+) -> Registry:
+    """Stations without parents, reporting every 60 s, in a few districts."""
+    reg = Registry()
+    for district in districts:
+        for i in range(per_district):
+            device_id = f"d{districts.index(district)}-aq{i}"
+            doc = {"device_id": device_id, "kind": "air_quality", "district": district}
+            doc |= {"site": f"s{i}", "lat": 51.4, "lon": 6.7, "heartbeat_s": 60}
+            assert reg.apply(device_id.encode(), orjson.dumps(doc)) is None
+    return reg
+
+
+def tick_city(live: Liveness, families: dict[str, Family], second: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    judge = live.round(at(second), at(-1000), families.get)
+    for root, family in families.items():
+        judge.family(root, family, out)
+    judge.finish(out)
+    return out
+
+
+def hear_city(
+    live: Liveness, families: dict[str, Family], second: float, devices: list[str] | None = None
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for root in devices if devices is not None else list(families):
+        live.heard(families[root], root, at(second), at(second), out)
+    return out
+
+
+def test_a_silent_city_is_one_alert_per_district_and_resolves_when_it_returns() -> None:
+    reg = city()
+    live = Liveness(reg)
+    families = {d: Family() for d in reg.devices}  # no parents: a family each
+    for root in families:
+        live.track(root)
+    for second in (0, 60, 120):
+        hear_city(live, families, second + hash(second) % 7)
+    assert tick_city(live, families, 300) == []  # silent 180 s: everyone waits for...
+    fired = tick_city(live, families, 310)  # ...the district's verdict: one alert each
+    assert sorted((e["device_id"], e["rule"], e["affected_devices"]) for e in fired) == [
+        ("district:Hamborn", "district_silent", 170),
+        ("district:Mitte", "district_silent", 170),
+        ("district:Süd", "district_silent", 170),
+    ]
+    assert all(len(e["affected_sample"]) == 20 for e in fired)
+    assert tick_city(live, families, 400) == []  # no device alerts on its own meanwhile
+    hear_city(live, families, 500)
+    resolved = tick_city(live, families, 501)
+    assert sorted((e["device_id"], e["status"]) for e in resolved) == [
+        ("district:Hamborn", "resolved"),
+        ("district:Mitte", "resolved"),
+        ("district:Süd", "resolved"),
+    ]
+    assert {e["alert_id"] for e in resolved} == {e["alert_id"] for e in fired}
+
+
+def test_a_device_silent_alone_in_a_busy_district_alerts_on_its_own() -> None:
+    reg = city(districts=("Mitte",))
+    live = Liveness(reg)
+    families = {d: Family() for d in reg.devices}
+    for root in families:
+        live.track(root)
+    others = [d for d in families if d != "d0-aq0"]
+    hear_city(live, families, 0)
+    for second in range(60, 241, 60):
+        hear_city(live, families, second, others)
+    fired = tick_city(live, families, 241)
+    assert [(e["device_id"], e["rule"]) for e in fired] == [("d0-aq0", "device_offline")]
+
+
+def test_a_district_episode_survives_a_restart_without_firing_again() -> None:
+    reg = city(districts=("Mitte",))
+    live = Liveness(reg)
+    families = {d: Family() for d in reg.devices}
+    for root in families:
+        live.track(root)
+    hear_city(live, families, 0)
+    fired = tick_city(live, families, 200)
+    assert [e["rule"] for e in fired] == ["district_silent"]
+    loaded = {r: decode_family(encode_family(f)) for r, f in families.items()}
+    again = Liveness(reg)
+    again.restore(loaded)  # what a worker taking over rebuilds
+    assert tick_city(again, loaded, 600) == []  # still silent: the same episode, no event
+    hear_city(again, loaded, 700)
+    resolved = tick_city(again, loaded, 701)
+    assert [(e["status"], e["alert_id"]) for e in resolved] == [("resolved", fired[0]["alert_id"])]

@@ -137,3 +137,32 @@ def test_alert_events_of_rules_and_of_liveness_match_the_alert_schema() -> None:
     assert [e["status"] for e in events[2:]] == ["firing", "resolved"]
     for event in events:
         assert errors("alert", orjson.dumps(event)) == [], event
+
+
+def test_district_silent_events_match_the_alert_schema() -> None:
+    from streams.enrich import Registry
+    from streams.liveness import Family, Liveness
+
+    registry = Registry()
+    for i in range(12):
+        doc = {"device_id": f"aq{i}", "kind": "air_quality", "district": "Meiderich/Beeck"}
+        doc |= {"site": "s", "lat": 51.0, "lon": 6.0, "heartbeat_s": 1}
+        registry.apply(f"aq{i}".encode(), orjson.dumps(doc))
+    live, events = Liveness(registry), []
+    families = {d: Family() for d in registry.devices}
+    for root, family in families.items():
+        live.track(root)
+        live.heard(family, root, NOW, NOW, events)
+    for now in (NOW + 5000, NOW + 6500):  # silent, then back (heard at NOW + 6000)
+        judge = live.round(now, 0, families.get)
+        for root, family in families.items():
+            judge.family(root, family, events)
+        judge.finish(events)
+        for root, family in families.items():
+            live.heard(family, root, NOW + 6000, NOW + 6000, [])
+    assert [(e["rule"], e["status"]) for e in events] == [
+        ("district_silent", "firing"),
+        ("district_silent", "resolved"),
+    ]
+    for event in events:
+        assert errors("alert", orjson.dumps(event)) == [], event
