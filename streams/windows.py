@@ -9,12 +9,17 @@ minus the grace. A window closes, and is emitted once, when
 1. the device's watermark reaches the window's end (the device's own readings moved
    past it: a gateway's backlog is processed in order and is never "late" because
    other devices are current), or
-2. the idle timer finds the wall clock past the window's end plus the grace *and*
-   the device silent for ``idle`` of wall time (input went quiet; without the second
-   condition a backlog being uploaded right now would be closed under its feet).
-   Silence counts from the partition's takeover at the earliest, and a partition whose
-   input is not yet read to its end is not visited (a restarted worker's backlog is
-   not silence).
+2. the idle timer finds the device silent for ``idle`` of wall time *and* its
+   watermark, moved on by its silence, past the window's end: its newest event time
+   plus the wall time it has been silent, minus the grace. Event time is assumed to
+   pass no faster than the wall clock while a device says nothing, so a device whose
+   event time runs behind the wall clock (a gateway's backlog being uploaded, a
+   replay, a restarted simulator) is not closed "up to now" under its feet: a pause of
+   ``idle`` in its upload does not make the rest of it late. For a device reporting in
+   real time it is the wall clock minus the grace, as before. Silence counts from the
+   partition's takeover at the earliest, and a partition whose input is not yet read
+   to its end is not visited (a restarted worker's backlog is not silence). It never
+   closes past the wall clock minus the grace either.
 
 A reading whose window has already closed is late: it is not added, and the caller
 dead-letters it with reason ``late``.
@@ -155,21 +160,28 @@ def add_reading(
 def close_idle(
     state: DeviceState, now_ms: int, size: int, grace: int, idle: int, since: int = 0
 ) -> list[Closed]:
-    """The idle timer: close what the wall clock says is over, if the device is silent.
+    """The idle timer: close what the device's silence says is over (see the module's
+    rule 2), if it has been silent for ``idle``.
 
     Silence counts from ``since`` at the earliest (the takeover of its partition): a
     worker that was down for a while has the device's backlog still to read, and its
     last arrival is old only because nobody was reading."""
     if not state.open or now_ms - max(state.last_arrival, since) < idle:
         return []
-    return _close_until(state, now_ms - grace, size)
+    # Moved on by its silence since it last spoke, not since the takeover (the partition
+    # is read to its end: nothing newer of it is waiting), and never past the wall clock
+    # (a device whose clock runs ahead waits for it, as it always did).
+    moved_on = min(now_ms, state.max_ts + (now_ms - state.last_arrival))
+    return _close_until(state, moved_on - grace, size)
 
 
 def idle_due(state: DeviceState, size: int, grace: int, idle: int) -> int:
     """The earliest wall time :func:`close_idle` can close a window of ``state`` (which
-    has open windows): the device silent for ``idle`` and its oldest window past its end
-    plus the grace. A later ``since`` only moves it later."""
-    return max(state.last_arrival + idle, min(state.open) + size + grace)
+    has open windows): the device silent for ``idle`` and for long enough that its
+    oldest window's end plus the grace is behind its newest event time plus that
+    silence. A later ``since`` only moves it later."""
+    end = min(state.open) + size + grace
+    return max(state.last_arrival + max(idle, end - state.max_ts), end)
 
 
 def _close_until(state: DeviceState, limit: int, size: int) -> list[Closed]:

@@ -103,7 +103,22 @@ def test_idle_timer_spares_a_device_that_is_still_uploading() -> None:
     # A backlog from an hour ago, arriving now: wall clock far past every window's end.
     add_reading(state, at(0), {"x": 1.0}, at(3600), SIZE, GRACE)
     assert close_idle(state, at(3605), SIZE, GRACE, IDLE) == []  # silent only 5 s
-    assert close_idle(state, at(3610), SIZE, GRACE, IDLE) != []  # silent 10 s: closed
+    # Silent 10 s, but its event time (0 s) plus 10 s is not past the window's end plus
+    # the grace: the rest of the upload may still come.
+    assert close_idle(state, at(3610), SIZE, GRACE, IDLE) == []
+    assert close_idle(state, at(3669), SIZE, GRACE, IDLE) == []
+    assert close_idle(state, at(3670), SIZE, GRACE, IDLE) != []  # 70 s: as in real time
+
+
+def test_a_replay_behind_the_wall_clock_loses_nothing_to_the_idle_timer() -> None:
+    # Event time an hour behind the wall clock, at twice its speed: a reading every 30 s
+    # of event time arrives every 15 s, longer than IDLE, with the timer ticking between.
+    state, late = DeviceState(), 0
+    for i in range(40):
+        is_late, _ = add_reading(state, at(i * 30), {"x": 1.0}, at(3600 + i * 15), SIZE, GRACE)
+        late += is_late
+        close_idle(state, at(3600 + i * 15 + 14), SIZE, GRACE, IDLE)
+    assert late == 0
 
 
 def test_idle_silence_counts_from_the_takeover() -> None:
