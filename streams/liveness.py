@@ -67,6 +67,7 @@ class Seen:
     offline_since: int = -1  # when the current episode (or covered silence) started
     alert_id: str = ""  # of the open episode; "" when covered or online
     cover: str = ""  # the alert_id of the district episode that covers it, while open
+    returned: int = -1  # wall time it last reported after being offline or covered
 
 
 @dataclass(slots=True)
@@ -77,7 +78,17 @@ class Family:
 
     def to_json(self) -> list[Any]:
         return [
-            [d, s.arrival, s.ts, s.cadence, s.gaps, s.offline_since, s.alert_id, s.cover]
+            [
+                d,
+                s.arrival,
+                s.ts,
+                s.cadence,
+                s.gaps,
+                s.offline_since,
+                s.alert_id,
+                s.cover,
+                s.returned,
+            ]
             for d, s in self.devices.items()
         ]
 
@@ -214,7 +225,7 @@ class Liveness:
                         device, seen, "resolved", max(arrival, seen.offline_since), None, 0
                     )
                 )
-            seen.offline_since, seen.alert_id = -1, ""
+            seen.offline_since, seen.alert_id, seen.returned = -1, "", arrival
         note(family, device_id, arrival, ts)
 
     def tick(self, family: Family, now: int, owned_since: int, out: list[dict[str, Any]]) -> bool:
@@ -248,6 +259,7 @@ class Liveness:
             if not silent[device_id] or device is None:
                 continue
             covered, waiting = False, False
+            was_covered = seen.offline_since >= 0 and not seen.alert_id and not seen.cover
             for ancestor in self._ancestors(device):
                 a = family.devices.get(ancestor)
                 if a is None:
@@ -255,6 +267,10 @@ class Liveness:
                 if a.offline_since >= 0 or silent.get(ancestor, False):
                     covered = True
                 elif suspect.get(ancestor, False):
+                    waiting = True
+                elif was_covered and now - a.returned <= (self.interval_ms(device_id, seen) or 0):
+                    # Its ancestor just came back: its own report may be a second behind
+                    # (notes travel batched); it gets one interval before its verdict.
                     waiting = True
             if seen.cover:  # its district's episode is open: it counts there
                 if seen.offline_since < 0:  # (it was back, and is silent again)
