@@ -23,7 +23,8 @@ A device's readings are evaluated in event-time order: one older than the latest
 rule has seen for that device does not change the rule (it still counts in windows).
 
 ``for`` and ``clear_for`` never span a gap in a device's data: when more than ``k``
-times its interval (its ``heartbeat_s``, else its learned cadence) passed in event time
+times its interval (the longer of its ``heartbeat_s`` and its learned cadence) passed in
+event time
 since a rule's previous reading, the rule's pending condition, or an active rule's
 clear condition, starts again from this reading, as Prometheus resets a pending alert
 whose series went stale. Three minutes above a threshold, an hour without data and
@@ -47,7 +48,7 @@ from streams.rules import Rule, RuleSet
 from streams.validate import Reading
 
 BUCKETS = 12  # a mean_over window is kept as this many partial sums
-MIN_GAPS = 3  # gaps seen before a learned cadence is trusted (as offline detection)
+MIN_GAPS = 3  # gaps learned whatever their length (after them, an outage is not learned)
 
 
 @dataclass(slots=True)
@@ -130,18 +131,22 @@ class AlertState:
         return state
 
     def max_gap(self, device: Device, k: float) -> float | None:
-        """The longest gap in event time that ``for`` may span (None: not known yet)."""
-        if device.heartbeat_s:
-            return k * device.heartbeat_s * 1000.0
-        return k * self.cadence if self.gaps >= MIN_GAPS else None
+        """The longest gap in event time that ``for`` may span (None: not known yet):
+        ``k`` times the longer of its ``heartbeat_s`` and its learned cadence. (The
+        learned one counts too: a registry may give a heartbeat for the wall clock,
+        as ``up``'s sped-up city does, and a device may report less often than
+        announced.)"""
+        # (From its first gap on: a sped-up heartbeat must not block `for` for long.)
+        base = max(self.cadence, (device.heartbeat_s or 0.0) * 1000.0)
+        return k * base if base > 0 else None
 
-    def learn(self, ts: int, max_gap: float | None) -> None:
-        """The device reported at ``ts``: learn its cadence from ordinary gaps (a gap
-        past ``max_gap`` is an outage, not the cadence)."""
+    def learn(self, ts: int, k: float) -> None:
+        """The device reported at ``ts``: learn its cadence from ordinary gaps (one past
+        ``k`` learned cadences is an outage, not the cadence)."""
         gap = ts - self.seen_ts
         if gap <= 0:
             return
-        if self.seen_ts >= 0 and (max_gap is None or gap <= max_gap):
+        if self.seen_ts >= 0 and (self.gaps < MIN_GAPS or gap <= k * self.cadence):
             self.cadence += (gap - self.cadence) / min(self.gaps + 1, 10)
             self.gaps += 1
         self.seen_ts = ts
@@ -284,7 +289,7 @@ def evaluate(
     changed = False
     groups: list[str] = []
     max_gap = state.max_gap(device, gap_k)
-    state.learn(ts, max_gap)
+    state.learn(ts, gap_k)
     for rule in rules:
         v = metrics.get(rule.metric)
         if v is None:

@@ -294,3 +294,13 @@ def test_occupancy_co2_alerts_only_while_the_access_point_has_clients() -> None:
     assert fired({"ap": {"clients": 0}}) == []  # an empty room: no alert
     assert fired({"ap": {"clients": 12}}) == ["firing"]
     assert fired({}) == ["firing"]  # unknown counts as occupied: never hide an alert by default
+
+
+def test_a_heartbeat_shorter_than_the_event_time_cadence_does_not_block_for() -> None:
+    # `up` publishes heartbeat_s divided by its speed-up (wall clock), while readings
+    # are a minute apart in event time: the learned cadence decides.
+    fast = Device("dui-mitte-gs017-r14-air", "classroom_air", "Mitte", "gs017", None, None, None, 6)
+    state, out = AlertState(), []
+    for minute in range(7):  # (its first gap, unlearned, is judged by the heartbeat)
+        evaluate(state, RULES, fast, at(minute), {"co2_ppm": 1200.0}, out)
+    assert brief(out) == [("firing", "classroom_co2_high", "warning")]
