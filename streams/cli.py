@@ -1,7 +1,8 @@
 """`citystreams`: the command line.
 
 Each subcommand is a small function taking the parsed arguments and the settings;
-errors a user can fix are printed as one line (no traceback) and exit with 1.
+errors a user can fix are printed as one line (no traceback) and exit with 1, or with 2
+for a bad argument, setting or file (main() turns the exceptions into that line).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 from aiokafka.errors import (
@@ -106,8 +107,11 @@ DEFAULT_SCENARIOS = (
 )
 
 
-def _city(args: argparse.Namespace, speed: float) -> tuple[list[dict[str, Any]], City, int]:
-    """The fleet, the simulated city and its event-time start, from the arguments."""
+def _city(
+    args: argparse.Namespace, speed: float, start: int | None = None
+) -> tuple[list[dict[str, Any]], City, int]:
+    """The fleet, the simulated city and its event-time start (``start``, else from the
+    arguments)."""
     from streams import registry
     from streams.demo import now_ms, start_for
     from streams.simulate import City, parse_injection
@@ -120,7 +124,8 @@ def _city(args: argparse.Namespace, speed: float) -> tuple[list[dict[str, Any]],
             raise SettingsError(f"{args.registry}: {errors[0]} ({len(errors)} error(s))")
     else:
         fleet = registry.generate_fleet(seed=args.seed, scale=args.scale)
-    start = args.start if args.start is not None else start_for(speed, args.duration, now_ms())
+    if start is None:
+        start = args.start if args.start is not None else start_for(speed, args.duration, now_ms())
     scenarios = args.scenario if args.scenario is not None else list(DEFAULT_SCENARIOS)
     try:
         injections = [parse_injection(text, start) for text in scenarios]
@@ -162,8 +167,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
-    """The city in one command: Kafka, topics, registry, a worker, the simulator."""
-    from streams.demo import up
+    """The city in one command: Kafka, topics, registry, a worker, the simulator.
+
+    A run on a state directory that a previous ``up`` used continues its city's event
+    time (never back: the pipeline's state remembers it); see streams/demo.py."""
+    from streams.demo import CityMark, mark_path, now_ms, read_mark, resume, start_for, up
 
     # The live view is the output here: the clients' chatter (retries while a new topic
     # gets its leaders, group changes) goes to the worker log, not the terminal.
@@ -181,9 +189,41 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Starting Kafka on {settings.broker}...", file=sys.stderr, flush=True)
         kafka.start(progress=_progress)
     try:
-        fleet, city, _ = _city(args, args.speed)
+        now = now_ms()
+        current = CityMark(
+            event_ms=0,
+            seed=args.seed,
+            scale=args.scale,
+            registry=str(Path(args.registry).resolve()) if args.registry else None,
+            topic_prefix=settings.topic_prefix,
+            app_id=settings.app_id,
+        )
+        previous = read_mark(mark_path(settings.state_dir))
+        start, note = resume(
+            previous,
+            current,
+            planned_ms=start_for(args.speed, args.duration, now),
+            explicit_ms=args.start,
+            now_ms=now,
+            window_ms=settings.window_s * 1000,
+            district_window_ms=settings.district_window_s * 1000,
+            where=str(settings.state_dir),
+        )
+        if previous is not None and previous.same_topics(current):
+            current = dataclasses.replace(current, event_ms=previous.event_ms)
+        fleet, city, _ = _city(args, args.speed, start)
         return asyncio.run(
-            up(settings, fleet, city, speed=args.speed, duration_s=args.duration, out=sys.stdout)
+            up(
+                settings,
+                fleet,
+                city,
+                speed=args.speed,
+                duration_s=args.duration,
+                out=sys.stdout,
+                mark=current,
+                note=note,
+                ungrouped=args.ungrouped,
+            )
         )
     except KeyboardInterrupt:
         return 130
@@ -330,42 +370,52 @@ def _print_topic(
 
 
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
-    """Alert events as they happen, a line each."""
-    from streams.backtest import describe_alert
-    from streams.topics import ALERTS
+    """Alert events as they happen: a line per group of one status, rule and district
+    within 30 s of arrival (streams/floods.py), or a line each with ``--ungrouped``."""
+    from streams.demo import show_alerts
+    from streams.floods import AlertGroups
 
-    def render(value: bytes) -> str:
-        try:
-            return describe_alert(orjson.loads(value))
-        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-            return f"(unreadable alert record: {value[:80]!r})"
-
-    return _print_topic(settings, ALERTS, args, render)
+    groups = AlertGroups(ungrouped=args.ungrouped)
+    asyncio.run(
+        show_alerts(
+            settings, sys.stdout, groups, from_beginning=args.from_beginning, count=args.count
+        )
+    )
+    return 0
 
 
 def _backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from pathlib import Path
-
     from streams import registry as reg
-    from streams.backtest import backtest, report
+    from streams.backtest import backtest, registry_beside, report
     from streams.enrich import Registry
     from streams.produce import device_messages
     from streams.rules import load_rules
 
     ruleset = load_rules(Path(args.rules) if args.rules else None)
-    if args.registry:
-        with open(args.registry, "rb") as f:
-            data = f.read()
-        records, errors = reg.parse_registry(data, reg.format_from_path(args.registry))
-        for error in errors:
-            print(f"{args.registry}: {error}", file=sys.stderr)
-    else:  # the simulated city's fleet
-        records = reg.generate_fleet(seed=args.seed)
-    devices = Registry()
-    for key, value in device_messages(records):
-        devices.apply(key, value)
-    with open(args.input, "rb") as f:
-        result = backtest(ruleset, devices, f)
+    with open(args.input, "rb") as recording:
+        path = args.registry
+        if path is None:  # the recording's own, next to it, else the simulated city's
+            found = registry_beside(Path(args.input))
+            path = None if found is None else str(found)
+            _progress(
+                f"backtest: device records from {found} (next to the recording; "
+                "--registry names others)"
+                if found is not None
+                else f"backtest: no device records next to {args.input}: the simulated "
+                f"city's fleet (seed {args.seed}; --registry names a file)"
+            )
+        if path:
+            with open(path, "rb") as f:
+                data = f.read()
+            records, errors = reg.parse_registry(data, reg.format_from_path(path))
+            for error in errors:
+                print(f"{path}: {error}", file=sys.stderr)
+        else:  # the simulated city's fleet
+            records = reg.generate_fleet(seed=args.seed)
+        devices = Registry()
+        for key, value in device_messages(records):
+            devices.apply(key, value)
+        result = backtest(ruleset, devices, recording)
     print(report(result))
     return 0
 
@@ -379,8 +429,15 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad argument is one line too (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="citystreams",
         description="Real-time IoT streaming pipeline for a smart city.",
     )
@@ -428,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-beginning", action="store_true", help="start at the oldest alert, not now"
     )
     alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
+    alerts.add_argument(
+        "--ungrouped",
+        action="store_true",
+        help="a line per alert event (default: one line per status, rule and district "
+        "for the events that arrive within 30 s)",
+    )
     alerts.set_defaults(func=_alerts)
 
     backtest = sub.add_parser(
@@ -436,7 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--rules", help="rules file (default: the shipped rules)")
     backtest.add_argument("--input", required=True, help="JSON Lines of telemetry (as sent)")
     backtest.add_argument(
-        "--registry", help="device records, JSON Lines or CSV (default: the simulated fleet)"
+        "--registry",
+        help="device records, JSON Lines or CSV (default: the recording's, next to it: "
+        "classroom-devices.jsonl or devices.jsonl for classroom-co2.jsonl; else the "
+        "simulated fleet)",
     )
     backtest.add_argument("--seed", type=int, default=1, help="seed of the simulated fleet")
     backtest.set_defaults(func=_backtest)
@@ -477,6 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--external-kafka", action="store_true", help="use the Kafka at CITYSTREAMS_BROKER"
+    )
+    up.add_argument(
+        "--ungrouped",
+        action="store_true",
+        help="a line per alert event in the live view (default: grouped as by alerts tail)",
     )
     up.set_defaults(func=_up)
 
@@ -546,6 +617,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "deploy/kafka/ACLS.md lists each principal's)",
             file=sys.stderr,
         )
+        return 1
+    except OSError as exc:
+        # A file of the command line that cannot be read or written (send, registry
+        # load, registry generate -o, backtest --input/--registry, ...).
+        log.debug("%s", exc, exc_info=True)  # CITYSTREAMS_LOG_LEVEL=debug: the traceback
+        if exc.filename is not None:
+            print(f"citystreams: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"citystreams: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
