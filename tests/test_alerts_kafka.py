@@ -204,3 +204,66 @@ async def test_occupancy_rule_reads_the_access_points_clients(
     assert [(orjson.loads(r.value)["device_id"], orjson.loads(r.value)["status"]) for r in got] == [
         (rooms[1]["device_id"], "firing")
     ]
+
+
+async def test_a_silent_district_is_one_alert(settings: Settings, tmp_path: Path) -> None:
+    """40 stations of one district stop together; one station of another district stops
+    alone while its 19 neighbours go on: one district_silent (40 devices), one
+    device_offline; the district's alert resolves when its stations report again."""
+    quiet = [
+        device(f"dui-walsum-aq{i}", "air_quality", district="Walsum", heartbeat_s=HEARTBEAT)
+        for i in range(40)
+    ]
+    busy = [
+        device(f"dui-sued-aq{i}", "air_quality", district="Süd", heartbeat_s=HEARTBEAT)
+        for i in range(20)
+    ]
+    await ensure_topics(settings)
+    await produce_messages(
+        settings.broker, settings.topic_prefix + DEVICES, device_messages([*quiet, *busy])
+    )
+    worker = spawn(settings, "streams", "worker", log=tmp_path / "worker.log")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.broker, linger_ms=5)
+    await producer.start()
+    raw = settings.topic_prefix + TELEMETRY_RAW
+
+    async def report(devices: list[dict[str, Any]]) -> None:
+        for d in devices:
+            r = {"device_id": d["device_id"], "ts": now_ms(), "metrics": {"no2_ugm3": 20}}
+            await producer.send(raw, orjson.dumps(r), key=d["device_id"].encode())
+        await producer.flush()
+
+    try:
+        await report(busy)
+        assert await consume_records(
+            settings.broker, settings.topic_prefix + TELEMETRY_ENRICHED, 20, timeout=60
+        )
+        for _ in range(8):  # everyone reports every second for a while
+            await report([*quiet, *busy])
+            await asyncio.sleep(1)
+        for _ in range(15):  # Walsum falls silent, and one station of Süd
+            await report(busy[1:])
+            await asyncio.sleep(1)
+        for _ in range(6):  # Walsum is back
+            await report([*quiet, *busy[1:]])
+            await asyncio.sleep(1)
+        records = await consume_records(
+            settings.broker, settings.topic_prefix + ALERTS, 3, timeout=30, settle=5
+        )
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+    finally:
+        await producer.stop()
+        worker.terminate()
+        worker.wait(30)
+    events = {(r.key, orjson.loads(r.value)["status"]): orjson.loads(r.value) for r in records}
+    assert sorted(events) == [
+        (b"district:Walsum", "firing"),
+        (b"district:Walsum", "resolved"),
+        (busy[0]["device_id"].encode(), "firing"),
+    ], events
+    fired = events[(b"district:Walsum", "firing")]
+    assert fired["rule"] == "district_silent" and fired["scope"] == "district"
+    # (Counted when it opened: the stations whose limit had passed by that tick.)
+    assert 5 <= fired["affected_devices"] <= 40
+    assert all(d.startswith("dui-walsum-aq") for d in fired["affected_sample"])
+    assert events[(busy[0]["device_id"].encode(), "firing")]["rule"] == "device_offline"
