@@ -780,7 +780,8 @@ def build(
             if family_home(root) != part:
                 del family_partition[root]
                 families.forget(root)
-        liveness.restore(dict(families.items()))
+        loaded_families = dict(families.items())  # (decoded once, for both uses)
+        liveness.restore(loaded_families)
         # Of the records as loaded (the changelog's), before anything decodes them
         digest = state_digest({k.encode(): v for k, v in device_states.cold.items()})
         input_down.clear()
@@ -801,7 +802,7 @@ def build(
         # What the gauges count, from the loaded state (decoded once, here)
         alerting.with_episodes = {k for k, a in alert_states.items() if a.episodes}
         offline_roots.clear()
-        offline_roots.update(k for k, f in families.items() if liveness.any_offline(f))
+        offline_roots.update(k for k, f in loaded_families.items() if liveness.any_offline(f))
         log.info(
             "state loaded in %.2f s: %d devices (partitions %s, digest %s), "
             "%d districts (partitions %s)",
