@@ -278,6 +278,9 @@ class Child:
         return usage.ru_utime + usage.ru_stime, self.peak_kb / 1024
 
 
+BASELINE: list[Path] = []  # --baseline: the checkout whose worker runs as Cb
+
+
 async def drain(
     contender: str,
     settings: Settings,
@@ -289,7 +292,9 @@ async def drain(
 ) -> Run:
     group = f"bench-{contender}-{variant}-{rnd}-{uuid.uuid4().hex[:6]}"
     raw = settings.topic_prefix + TELEMETRY_RAW
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Cb: the worker of another checkout (--baseline), as C is run from this one
+    root = BASELINE[0] if contender == "Cb" and BASELINE else ROOT
+    env = dict(os.environ, PYTHONPATH=str(root))
     topics = [raw]
     python = sys.executable
     exits = contender in ("B0", "Q")  # they exit once they have read everything
@@ -425,7 +430,7 @@ def summarise(runs: list[Run], contenders: list[str]) -> dict[str, Any]:
                     "rounds": len(rs),
                 }
         ratios = {}
-        for base in ("B0", "B1", "Q"):
+        for base in ("B0", "B1", "Q", "Cb"):
             if by.get("C") and by.get(base):
                 per_round = [
                     c.cpu_us_per_reading / b.cpu_us_per_reading
@@ -520,6 +525,13 @@ async def main(argv: list[str]) -> int:
         help="registered devices, each with open windows, for C's memory run (0: none)",
     )
     p.add_argument("--variants", default="single,batch100")
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=lambda path: Path(path).resolve(),
+        help="also run the worker of the checkout in DIR (contender Cb, ratio C/Cb): "
+        "a change's cost, measured in the same run on the same input",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--smoke", action="store_true", help="a few seconds: 5,000 readings, 1 round")
     p.add_argument(
@@ -534,6 +546,9 @@ async def main(argv: list[str]) -> int:
         args.readings, args.devices, args.rounds = 5_000, 500, 1
         args.latency_seconds, args.rss_devices = 8.0, 2_000
     contenders = args.contenders.split(",")
+    if args.baseline:
+        BASELINE[:] = [args.baseline]
+        contenders.append("Cb")
     base_settings = Settings.from_env()
     kafka = None
     if "CITYSTREAMS_BROKER" not in os.environ:  # our own broker, stopped at the end

@@ -10,13 +10,13 @@ import asyncio
 import gc
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import faust
-from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from streams.admin import ensure_topics
 from streams.outputs import OUTPUT_BATCH_BYTES, OUTPUT_REQUEST_BYTES
+from streams.runtime.internals import read_committed
 from streams.security import describe, faust_credentials
 from streams.settings import Settings
 
@@ -26,33 +26,10 @@ log = logging.getLogger(__name__)
 GC_THRESHOLDS = (10_000, 10, 10)  # young, middle, old (Python's: 700, 10, 10)
 
 
-def _read_committed() -> None:
-    """Make faust's group consumer read with ``isolation_level=read_committed``.
-
-    faust picks read_committed only with its own exactly-once mode, which would also
-    replace its producer with one transaction per partition around faust's sends; our
-    pipeline runs its own transactions (streams.pipeline.Transactions). Records of an
-    aborted transaction (a worker killed mid-checkpoint) must not be read from the
-    internal topics. Without transactions on a topic both levels read the same.
-    """
-    thread = aiokafka_driver.AIOKafkaConsumerThread
-    if getattr(thread, "_citystreams_read_committed", False):
-        return
-    create = thread._create_worker_consumer
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start()
-        return consumer
-
-    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
-    thread._citystreams_read_committed = True  # type: ignore[attr-defined]
-
-
 def create_app(settings: Settings) -> faust.App:
     """A faust app configured for citystreams; it has no agents yet."""
     settings.worker_dir.mkdir(parents=True, exist_ok=True)
-    _read_committed()
+    read_committed()
     return faust.App(
         settings.app_id,
         broker=f"kafka://{settings.broker}",

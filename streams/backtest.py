@@ -2,10 +2,11 @@
 
 ``citystreams backtest --rules FILE --input FILE`` uses this to judge a rule change
 before it is deployed. The input is what ``telemetry.raw`` carries (JSON Lines of
-envelopes or gateway batches); it is validated as the pipeline does, except that
-recorded event times are not compared with the wall clock. Readings are evaluated per
-device in file order, as the pipeline evaluates them in arrival order. Offline
-detection runs on the wall clock and is not replayed.
+envelopes or gateway batches), and it goes through the worker's own core
+(:class:`streams.core.Pipeline`): validation, de-duplication on ``seq``, the device
+registry, event-time windows (a reading behind its device's watermark is late, as in the
+worker) and the rules, in file order. Recorded event times are not compared with the
+wall clock, and offline detection, which runs on the wall clock, is not replayed.
 
 Without ``--registry`` the device records are the recording's own, found next to it
 (:func:`registry_beside`): ``classroom-co2.jsonl`` goes with ``classroom-devices.jsonl``.
@@ -13,16 +14,21 @@ Without ``--registry`` the device records are the recording's own, found next to
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from streams.alerts import AlertState, evaluate
+import orjson
+
+from streams.core import Pipeline
 from streams.enrich import Registry
+from streams.metrics import PREFIX, Metrics
 from streams.rules import SEVERITY_RANK, RuleSet
-from streams.validate import Limits, parse_message
+from streams.settings import Settings
+from streams.validate import LATE, UNKNOWN_DEVICE, Limits
 
 # Recorded data is old: only the size limit of the live pipeline applies.
 _LIMITS = Limits(max_bytes=1 << 20, max_future_ms=1 << 62, max_past_ms=1 << 62)
@@ -62,56 +68,78 @@ class EpisodeSummary:
 class BacktestResult:
     episodes: list[EpisodeSummary] = field(default_factory=list)
     readings: int = 0
-    rejected: int = 0
+    rejected: int = 0  # invalid (dead-lettered with a reason other than the two below)
     unknown_devices: int = 0
+    late: int = 0
+    duplicates: int = 0
+
+
+class _Line(NamedTuple):
+    """One line of the recording as a record of ``telemetry.raw``."""
+
+    offset: int
+    key: bytes | None
+    value: bytes
 
 
 def backtest(ruleset: RuleSet, registry: Registry, lines: Iterable[bytes]) -> BacktestResult:
+    """Every line through the worker's core, on one partition; its alert events summed up
+    per episode."""
+    metrics = Metrics()
+    core = Pipeline(Settings(partitions=1, emit_enriched=False), ruleset, metrics, registry)
+    core.ingest.limits = _LIMITS
+    core.assign({}, 0)  # nothing to restore: a worker's first start
+    raw = core.topics.raw
     result = BacktestResult()
-    states: dict[str, AlertState] = {}
     by_id: dict[str, EpisodeSummary] = {}
-    events: list[dict[str, Any]] = []
-    for line in lines:
+    now = time.time_ns() // 1_000_000  # (arrival times only: nothing here is judged on them)
+    for offset, line in enumerate(lines):
         if not line.strip():
             continue
-        readings, rejects, _ = parse_message(line, 0, _LIMITS)
-        result.rejected += len(rejects)
-        for reading in readings:
-            result.readings += 1
-            device = registry.devices.get(reading.device_id)
-            if device is None:
-                result.unknown_devices += 1
-                continue
-            rules = ruleset.for_kind(device.kind)
-            if rules:
-                state = states.setdefault(reading.device_id, AlertState())
-                evaluate(
-                    state, rules, device, reading.ts, reading.metrics, events, {}, ruleset.offline_k
-                )
-        for e in events:
-            episode = by_id.get(e["alert_id"])
-            if episode is None:
-                episode = EpisodeSummary(
-                    e["alert_id"],
-                    e["device_id"],
-                    [e["rule"]],
-                    e["severity"],
-                    e["starts_at"],
-                    None,
-                    e["summary"],
-                )
-                by_id[e["alert_id"]] = episode
-                result.episodes.append(episode)
-                continue
-            episode.events += 1
-            if e["rule"] not in episode.rules:
-                episode.rules.append(e["rule"])
-            if SEVERITY_RANK[e["severity"]] > SEVERITY_RANK[episode.severity]:
-                episode.severity, episode.summary = e["severity"], e["summary"]
-            if e["status"] == "resolved":
-                episode.ends_at = e["ends_at"]
-        events.clear()
+        core.process(raw, 0, (_Line(offset, None, line),), now)
+        taken = core.outputs.take()
+        for _, value, _ in taken.get(core.topics.deadletter, ()):
+            _count_deadletter(result, orjson.loads(value or b"{}"))
+        for _, value, _ in taken.get(core.topics.alerts, ()):
+            _add_event(result, by_id, orjson.loads(value or b"{}"))
+    total = metrics.registry.get_sample_value(f"{PREFIX}_readings_in_total")
+    duplicates = metrics.registry.get_sample_value(f"{PREFIX}_duplicates_total")
+    result.readings, result.duplicates = int(total or 0), int(duplicates or 0)
     return result
+
+
+def _count_deadletter(result: BacktestResult, record: dict[str, Any]) -> None:
+    reason = record.get("reason")
+    if reason == UNKNOWN_DEVICE:
+        result.unknown_devices += 1
+    elif reason == LATE:
+        result.late += 1
+    else:
+        result.rejected += 1
+
+
+def _add_event(result: BacktestResult, by_id: dict[str, EpisodeSummary], e: dict[str, Any]) -> None:
+    episode = by_id.get(e["alert_id"])
+    if episode is None:
+        episode = EpisodeSummary(
+            e["alert_id"],
+            e["device_id"],
+            [e["rule"]],
+            e["severity"],
+            e["starts_at"],
+            None,
+            e["summary"],
+        )
+        by_id[e["alert_id"]] = episode
+        result.episodes.append(episode)
+        return
+    episode.events += 1
+    if e["rule"] not in episode.rules:
+        episode.rules.append(e["rule"])
+    if SEVERITY_RANK[e["severity"]] > SEVERITY_RANK[episode.severity]:
+        episode.severity, episode.summary = e["severity"], e["summary"]
+    if e["status"] == "resolved":
+        episode.ends_at = e["ends_at"]
 
 
 def _when(ms: int) -> str:
@@ -141,6 +169,8 @@ def report(result: BacktestResult) -> str:
         f"{len(result.episodes)} episode(s) from {result.readings} reading(s): {totals}"
         + (f"; {result.rejected} rejected" if result.rejected else "")
         + (f"; {result.unknown_devices} of unknown devices" if result.unknown_devices else "")
+        + (f"; {result.duplicates} duplicate(s)" if result.duplicates else "")
+        + (f"; {result.late} late" if result.late else "")
     )
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ import orjson
 
 from streams.enrich import UNKNOWN_KIND, Device, Registry
 from streams.ingest import StateStore
+from streams.messages import DeviceWindowClosed
 from streams.metrics import Metrics
 from streams.windows import (
     Closed,
@@ -40,8 +41,10 @@ def district_message(device: Device, window: Closed, size_ms: int) -> tuple[byte
     if device.kind == UNKNOWN_KIND:
         return None
     start, aggs = window
-    key = orjson.dumps([device.district, device.kind])
-    return key, orjson.dumps([device.device_id, start, start + size_ms, aggs])
+    message = DeviceWindowClosed(
+        device.district, device.kind, device.device_id, start, start + size_ms, aggs
+    )
+    return message.key(), message.encode()
 
 
 def encode_district(state: DistrictState) -> bytes:
@@ -75,12 +78,17 @@ class Districts:
         self, key: bytes, value: bytes, partition: int, offset: int, now_ms: int
     ) -> None:
         try:
-            orjson.loads(key)
-            device_id, start, end, aggs = orjson.loads(value)
-        except Exception:  # internal topic, but never crash on what it carries
+            message = DeviceWindowClosed.decode(key, value)
+        except ValueError:  # internal topic, but never crash on what it carries
             log.warning("corrupt device window at %d@%d ignored", partition, offset)
             self.metrics.district_input_errors.inc()
             return
+        device_id, start, end, aggs = (
+            message.device_id,
+            message.start,
+            message.end,
+            message.aggregates,
+        )
         state_key = key.decode()
         state = self.states.get(state_key)
         if state is None:

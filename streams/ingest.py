@@ -12,7 +12,6 @@ on ``seq`` and handed on, enriched.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -22,6 +21,7 @@ import orjson
 from streams.deadletter import deadletter_record
 from streams.dedup import SeqState, check_seq
 from streams.enrich import Device, Registry, enriched_record, unknown_device
+from streams.messages import ForwardedReadings, Source, encode_forwarded
 from streams.metrics import Metrics
 from streams.routing import device_partition
 from streams.validate import (
@@ -58,16 +58,6 @@ class DictStore(Generic[S]):
 
     def set(self, key: str, value: S, partition: int) -> None:
         self.data[key] = value
-
-
-@dataclass(slots=True)
-class Source:
-    """Where a reading came from, for its dead-letter record."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
 
 
 @dataclass(slots=True)
@@ -180,15 +170,12 @@ class Ingest:
     def on_forwarded(self, value: bytes | None, src: Source, now_ms: int, out: Outbox) -> None:
         """One message of the internal ``telemetry.bydevice`` topic (written by on_raw)."""
         try:
-            doc = orjson.loads(value)  # type: ignore[arg-type]
-            origin = Source(doc["src"][0], doc["src"][1], doc["src"][2], None)
-            key = doc["src"][3]
-            origin.key = None if key is None else base64.b64decode(key)
-            readings = [Reading(r[0], r[1], r[2], r[3]) for r in doc["readings"]]
-        except Exception as exc:  # an internal topic, but still input: never crash
-            reject = Reject(SCHEMA, f"corrupt forwarded batch: {exc!r}"[:200], value or b"")
+            batch = ForwardedReadings.decode(value)
+        except ValueError as exc:  # an internal topic, but still input: never crash
+            reject = Reject(SCHEMA, str(exc)[:200], value or b"")
             self._deadletter(reject, src, now_ms, out)
             return
+        readings, origin = batch.readings, batch.origin
         # Dead letters name the reading's original message; state goes with this partition.
         self.accept(readings, origin, src.partition, FORWARDED, src.offset, now_ms, out, None)
 
@@ -335,10 +322,8 @@ class Ingest:
         return idle_due(state, cfg.size_ms, cfg.grace_ms, cfg.idle_ms)
 
     def forward_value(self, readings: list[list[Any]], src: Source) -> bytes:
-        key = None if src.key is None else base64.b64encode(src.key).decode()
-        return orjson.dumps(
-            {"src": [src.topic, src.partition, src.offset, key], "readings": readings}
-        )
+        """A :class:`streams.messages.ForwardedReadings` record."""
+        return encode_forwarded(src, readings)
 
     def _deadletter(self, reject: Reject, src: Source, now_ms: int, out: Outbox) -> None:
         self.metrics.deadletter(reject.reason)

@@ -75,6 +75,9 @@ class Outputs:
             records = self.records[topic] = []
         records.append((key, value, partition))
 
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
     def take(self) -> dict[str, list[Record]]:
         """Everything added so far, for one flush; the buffer starts empty again."""
         taken, self.records = self.records, {}

@@ -111,3 +111,53 @@ def topic_specs(prefix: str, partitions: int, app_id: str = "") -> list[TopicSpe
             config = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
         specs.append(TopicSpec(topic_name(prefix, base, app_id), partitions, config, base))
     return specs
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Every topic one worker reads or writes, by its full name (prefix and app id
+    applied): what the pipeline core, the runtime and the test driver share."""
+
+    raw: str
+    devices: str
+    deadletter: str
+    enriched: str
+    device_windows: str
+    district_windows: str
+    alerts: str
+    by_device: str
+    by_district: str
+    liveness: str
+    occupancy: str
+    state_device: str
+    state_district: str
+    state_alerts: str
+    state_liveness: str
+
+    @classmethod
+    def of(cls, prefix: str, app_id: str) -> TopicNames:
+        def name(base: str) -> str:
+            return topic_name(prefix, base, app_id)
+
+        return cls(
+            raw=name(TELEMETRY_RAW),
+            devices=name(DEVICES),
+            deadletter=name(DEADLETTER),
+            enriched=name(TELEMETRY_ENRICHED),
+            device_windows=name(METRICS_DEVICE),
+            district_windows=name(METRICS_DISTRICT),
+            alerts=name(ALERTS),
+            by_device=name(TELEMETRY_BY_DEVICE),
+            by_district=name(WINDOWS_BY_DISTRICT),
+            liveness=name(LIVENESS_BY_ROOT),
+            occupancy=name(OCCUPANCY),
+            state_device=name(STATE_DEVICE),
+            state_district=name(STATE_DISTRICT),
+            state_alerts=name(STATE_ALERTS),
+            state_liveness=name(STATE_LIVENESS),
+        )
+
+    @property
+    def device_inputs(self) -> frozenset[str]:
+        """The inputs keyed by device: their partition p owns the devices of p."""
+        return frozenset((self.raw, self.by_device))

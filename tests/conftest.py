@@ -79,6 +79,19 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``citystreams <args>`` with ``settings``, run to its end (a minute at most)."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+
+
 def spawn(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
     """Start ``python -m <args>`` with ``settings`` in its environment."""
     out = open(log, "wb")  # noqa: SIM115 - closed with the process by the caller

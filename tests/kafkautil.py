@@ -27,6 +27,14 @@ async def consume_records(
         group_id=None,
         isolation_level=isolation_level,
     )
+    return await read_records(consumer, want, timeout, settle)
+
+
+async def read_records(
+    consumer: AIOKafkaConsumer, want: int, timeout: float, settle: float = 0.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Start ``consumer``, read until ``want`` records or ``timeout`` seconds (then for
+    ``settle`` seconds more), stop it."""
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -16,19 +16,8 @@ import pytest
 from streams.backtest import registry_beside
 from streams.settings import Settings
 from streams.topics import DEVICES, TELEMETRY_RAW
-from tests.conftest import ROOT, env_for, free_port
+from tests.conftest import ROOT, cli, free_port
 from tests.kafkautil import consume_records
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def offline(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,8 @@ from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
 from streams.enrich import Registry
-from streams.ingest import DictStore, Ingest, Outbox, Source
+from streams.ingest import DictStore, Ingest, Outbox
+from streams.messages import Source
 from streams.metrics import Metrics
 from streams.routing import device_partition
 from streams.validate import Limits

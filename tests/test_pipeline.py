@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streams.pipeline import InputView, state_digest
+from streams.runtime.internals import InputView
+from streams.runtime.rebalance import state_digest
 
 
 def test_read_to_the_end_means_fetched_to_the_stable_end_and_all_of_it_processed() -> None:

@@ -10,11 +10,8 @@ with their own principals; a downstream consumer reads the outputs with its own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,7 +47,8 @@ from streams.topics import (
     TELEMETRY_RAW,
     topic_specs,
 )
-from tests.conftest import ROOT, env_for, free_port, spawn
+from tests.conftest import ROOT, cli, free_port, spawn
+from tests.kafkautil import read_records
 from tests.tlsutil import make_certificates, needs_openssl
 
 pytestmark = [pytest.mark.kafka, needs_openssl]
@@ -128,18 +126,6 @@ def base(tmp_path: Path) -> Settings:
     )
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
-
-
 async def read_as(
     settings: Settings, topics: list[str], group: str, want: int, timeout: float
 ) -> list[ConsumerRecord[bytes, bytes]]:
@@ -147,18 +133,7 @@ async def read_as(
     consumer = AIOKafkaConsumer(
         *topics, **client_kwargs(settings), group_id=group, auto_offset_reset="earliest"
     )
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(records) < want:
-                batch = await consumer.getmany(timeout_ms=500)
-                records += [r for rs in batch.values() for r in rs]
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return records
+    return await read_records(consumer, want, timeout)
 
 
 async def setup_cluster(secure: SecureKafka, base: Settings) -> Settings:

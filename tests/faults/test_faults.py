@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.pipeline import state_digest
+from streams.runtime.rebalance import state_digest
 from streams.topics import STATE_DEVICE, topic_name
 from streams.validate import Limits, parse_message
 from tests.faults.conftest import BatteryKafka, start_battery_kafka
