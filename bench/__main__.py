@@ -51,11 +51,11 @@ from aiokafka.errors import KafkaError
 
 from bench import latency
 from bench.quixenv import quix_python
-from streams.admin import ensure_topics
-from streams.localkafka import LocalKafka
-from streams.produce import device_messages
-from streams.registry import KIND_METRICS, KINDS
+from streams.devices import KIND_METRICS, KINDS
+from streams.kafka.admin import ensure_topics
+from streams.kafka.local import LocalKafka
 from streams.settings import Settings
+from streams.tools.publish import device_messages
 from streams.topics import (
     DEVICES,
     METRICS_DEVICE,

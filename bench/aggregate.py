@@ -5,7 +5,7 @@ No dependencies beyond the project's validation (Q imports it from its own venv)
 
 from __future__ import annotations
 
-from streams.validate import Limits
+from streams.stages.validate import Limits
 
 WINDOW = 60_000
 GRACE = 10_000

@@ -14,7 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.aggregate import LIMITS, WINDOW, fold
-from streams.validate import parse_message
+from streams.stages.validate import parse_message
 
 
 async def main(broker: str, group: str, topic: str, out: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.registry import KIND_METRICS
+from streams.devices import KIND_METRICS
 
 log = logging.getLogger("bench.latency")
 STEP_MS = 20_000  # event time between a device's readings

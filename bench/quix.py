@@ -1,6 +1,6 @@
 """Q, Quix Streams: the floor's work (bench/floor.py) written the idiomatic Quix way.
 
-bytes -> ``streams.validate.parse_message`` -> one row per reading (``apply(expand=True)``)
+bytes -> ``streams.stages.validate.parse_message`` -> one row per reading (``apply(expand=True)``)
 -> event time from the reading's ``ts`` -> ``group_by`` device, through Kafka (a
 ``repartition__`` topic, as Quix does it; gateway batches need it, single readings go
 the same way) -> 60 s tumbling windows, 10 s grace, per metric count/min/max/sum/last
@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, TopicPartition  # type: ignore[import-not-
 from quixstreams import Application  # type: ignore[import-not-found]
 
 from bench.aggregate import GRACE, LIMITS, WINDOW, Aggregate, fold
-from streams.validate import parse_message
+from streams.stages.validate import parse_message
 
 log = logging.getLogger("bench.quix")
 

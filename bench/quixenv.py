@@ -4,7 +4,7 @@ project's own dependencies.
 :func:`quix_python` makes the venv once, at ``$CITYSTREAMS_BENCH_VENV`` or
 ``ROOT/.bench-venv``, and returns its interpreter; later calls only read a marker
 file. The contender runs with ``PYTHONPATH=ROOT`` (as bench runs every contender), so
-the venv needs no copy of the project: ``streams.validate`` needs only orjson.
+the venv needs no copy of the project: ``streams.stages.validate`` needs only orjson.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # that every round and every machine measures the same Quix Streams (a new release may
 # change its defaults: commit interval, state store, consumer settings).
 QUIXSTREAMS = "quixstreams==3.28.1"
-# The project's own range (pyproject.toml): streams.validate parses with it.
+# The project's own range (pyproject.toml): streams.stages.validate parses with it.
 ORJSON = "orjson>=3.10,<4"
 REQUIREMENTS = (QUIXSTREAMS, ORJSON)
 MARKER = "citystreams-bench-venv.txt"

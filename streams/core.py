@@ -7,7 +7,7 @@ keys), and the state it changed is marked dirty in the stores, for the next
 :meth:`Pipeline.snapshot`. Wall-clock work has its own entry points (idle close,
 district close, liveness), and so do assignment and revocation.
 
-The live worker (:mod:`streams.pipeline` and :mod:`streams.runtime`), ``backtest`` and
+The live worker (:mod:`streams.runtime.wiring` and :mod:`streams.runtime`), ``backtest`` and
 the in-process test driver (:mod:`streams.testing`) all run this class. Reading order:
 
     validate -> route (forward foreign devices) -> de-duplicate -> enrich -> device
@@ -25,17 +25,21 @@ from typing import Any, Protocol
 
 import orjson
 
-from streams.alerts import Alerting, AlertState, decode_alerts, encode_alerts
-from streams.districts import (
+from streams.messages import Heard, LivenessNotes, OccupancyValues, Source
+from streams.metrics import Metrics
+from streams.outputs import Outputs
+from streams.settings import Settings
+from streams.stages.alerts import Alerting, AlertState, decode_alerts, encode_alerts
+from streams.stages.districts import (
     DistrictOutbox,
     Districts,
     decode_district,
     district_message,
     encode_district,
 )
-from streams.enrich import UNKNOWN_KIND, Registry
-from streams.ingest import Ingest, Outbox, WindowConfig, decode_device, encode_device
-from streams.liveness import (
+from streams.stages.enrich import UNKNOWN_KIND, Registry
+from streams.stages.ingest import Ingest, Outbox, WindowConfig, decode_device, encode_device
+from streams.stages.liveness import (
     SCOPE_RULE,
     Family,
     Liveness,
@@ -44,16 +48,12 @@ from streams.liveness import (
     encode_family,
     root_of,
 )
-from streams.messages import Heard, LivenessNotes, OccupancyValues, Source
-from streams.metrics import Metrics
-from streams.outputs import Outputs
-from streams.routing import device_partition, key_partition
-from streams.rules import RuleSet
-from streams.settings import Settings
+from streams.stages.routing import device_partition, key_partition
+from streams.stages.rules import RuleSet
+from streams.stages.validate import Limits
+from streams.stages.windows import DeviceState, DistrictState, device_window_record
 from streams.state import DurableMap, Records, Write, compact
 from streams.topics import TopicNames
-from streams.validate import Limits
-from streams.windows import DeviceState, DistrictState, device_window_record
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class InputRecord(Protocol):
 @dataclass(frozen=True, slots=True)
 class Quiet:
     """What the runtime knows of its device inputs, for the idle timer (see
-    :meth:`streams.ingest.Ingest.tick`): since when silence counts per partition, up
+    :meth:`streams.stages.ingest.Ingest.tick`): since when silence counts per partition, up
     to when it has been observed, and the partitions that cannot be judged now."""
 
     since: Mapping[int, int]

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
-from streams.validate import Reading
+from streams.stages.validate import Reading
 
 
 class Source(NamedTuple):
@@ -79,7 +79,7 @@ class DeviceWindowClosed:
     by ``[district, kind]``, so one partition owns each district window.
 
     v1: key ``[district, kind]``; value ``[device_id, start, end, aggregates]`` (the
-    aggregates as :func:`streams.windows.add_reading` builds them)."""
+    aggregates as :func:`streams.stages.windows.add_reading` builds them)."""
 
     VERSION: ClassVar[int] = 1
 

@@ -4,7 +4,7 @@ Names share the ``citystreams_`` prefix, counters end in ``_total``, units are b
 units, and no label ever carries a device id: label values come from closed sets
 (dead-letter reasons, input topics and the partitions this worker owns, rules of the
 rules file, districts of the registry, kinds, and the metric names of
-:data:`streams.registry.KIND_METRICS`), so the number of series is bounded whatever
+:data:`streams.devices.KIND_METRICS`), so the number of series is bounded whatever
 device ids arrive. The bound, with D districts in the registry, R rules, P partitions:
 
     series <= FIXED + 3 * P + D * (3 * (R + 1) + 3 * 20 + 3 * 7)
@@ -32,8 +32,8 @@ from prometheus_client import (
 )
 
 from streams import __version__
-from streams.registry import KIND_METRICS
-from streams.validate import REASONS
+from streams.devices import KIND_METRICS
+from streams.stages.validate import REASONS
 
 log = logging.getLogger(__name__)
 

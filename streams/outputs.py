@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from streams.routing import key_partition
+from streams.stages.routing import key_partition
 
 # Outputs leave at most OUTPUT_LINGER_S after the first of them, in batches of up to
 # OUTPUT_BATCH_BYTES per partition (under the broker's default message.max.bytes, 1 MiB);

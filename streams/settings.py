@@ -115,7 +115,7 @@ class Settings:
     # --- Kafka security ----------------------------------------------------------
     # Secrets are never values of a variable (they would show in `ps e`, in the
     # environment dumps of crash reports and in `citystreams settings`): a variable
-    # names the file, and streams/security.py reads it when a client connects.
+    # names the file, and streams/kafka/clients.py reads it when a client connects.
     security_protocol: str = _setting(
         "SECURITY_PROTOCOL",
         "PLAINTEXT",
@@ -325,14 +325,14 @@ class Settings:
         "DISTRICT_WAIT_S",
         70.0,
         "Longest wait for a district window's slow or silent devices, counted from its "
-        "end plus the grace and from its first device window (see streams/windows.py).",
+        "end plus the grace and from its first device window (see streams/stages/windows.py).",
         _positive_float,
     )
 
     rules: str = _setting(
         "RULES",
         "",
-        "Alert rules file (TOML) that replaces the shipped streams/default_rules.toml; "
+        "Alert rules file (TOML) that replaces the shipped streams/stages/default_rules.toml; "
         "empty: the shipped rules. A file that cannot be used stops the worker at start.",
     )
 
@@ -347,7 +347,7 @@ class Settings:
     def _check_security(self) -> None:
         """Combinations that cannot work, or that would silently not do what the
         operator meant (a user name with a protocol that sends none), fail at start.
-        Whether the files exist is checked when a client connects (streams/security.py),
+        Whether the files exist is checked when a client connects (streams/kafka/clients.py),
         so that a secret mounted after the process started is still found."""
         protocol = self.security_protocol
         sasl = protocol.startswith("SASL_")

@@ -28,14 +28,14 @@ from typing import Any, TypeVar
 import orjson
 
 from streams.core import Pipeline, Quiet
-from streams.enrich import Registry
 from streams.metrics import Metrics
-from streams.routing import device_partition, key_partition
-from streams.rules import RuleSet, load_rules, parse_rules
 from streams.runtime.delivery import Delivery
 from streams.runtime.rebalance import Rebalance
 from streams.runtime.timers import InputWatch, Timers
 from streams.settings import Settings
+from streams.stages.enrich import Registry
+from streams.stages.routing import device_partition, key_partition
+from streams.stages.rules import RuleSet, load_rules, parse_rules
 from streams.state import Records
 from streams.topics import topic_name
 

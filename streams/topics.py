@@ -36,7 +36,8 @@ WINDOWS_BY_DISTRICT = "windows.bydistrict"
 STATE_DEVICE = "state.device"
 STATE_DISTRICT = "state.district"
 STATE_ALERTS = "state.alerts"
-# Internal: "device D was heard", keyed by the root of D's parent chain (streams/liveness.py).
+# Internal: "device D was heard", on the partition of the district of D's family (the
+# root of its parent chain): streams/stages/liveness.py.
 LIVENESS_BY_ROOT = "liveness.byroot"
 STATE_LIVENESS = "state.liveness"
 # Internal, compacted, read whole by every worker: devices' latest occupancy values.

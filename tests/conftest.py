@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.localkafka import LocalKafka
+from streams.kafka.local import LocalKafka
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from streams.alerts import AlertState, decode_alerts, encode_alerts, evaluate
-from streams.enrich import Device
-from streams.registry import KINDS
-from streams.rules import Rule, RulesError, load_rules, parse_rules
+from streams.devices import KINDS
+from streams.stages.alerts import AlertState, decode_alerts, encode_alerts, evaluate
+from streams.stages.enrich import Device
+from streams.stages.rules import Rule, RulesError, load_rules, parse_rules
 
 T = 1_795_780_800_000  # 2026-11-27T12:00:00Z (13:00 in Duisburg, a Friday)
 ROOM = Device("dui-mitte-gs017-r12-air", "classroom_air", "Mitte", "gs017", None, None, None, 60)

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.admin import ensure_topics
-from streams.produce import device_messages
+from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
+from streams.tools.publish import device_messages
 from streams.topics import ALERTS, DEVICES, TELEMETRY_ENRICHED, TELEMETRY_RAW
 from tests.conftest import spawn
 from tests.kafkautil import consume_records, produce_messages

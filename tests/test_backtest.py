@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from streams.backtest import backtest
-from streams.enrich import Registry
-from streams.rules import load_rules
+from streams.stages.enrich import Registry
+from streams.stages.rules import load_rules
 from streams.testing import PipelineDriver
+from streams.tools.backtest import backtest
 from streams.topics import ALERTS
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "recordings"

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.backtest import registry_beside
 from streams.settings import Settings
+from streams.tools.backtest import registry_beside
 from streams.topics import DEVICES, TELEMETRY_RAW
 from tests.conftest import ROOT, cli, free_port
 from tests.kafkautil import consume_records
@@ -99,7 +99,7 @@ def test_backtest_lists_the_episodes_a_rule_set_would_raise(tmp_path: Path) -> N
     # the change can be judged before it is deployed.
     strict = tmp_path / "strict.toml"
     strict.write_text(
-        (ROOT / "streams" / "default_rules.toml")
+        (ROOT / "streams" / "stages" / "default_rules.toml")
         .read_text()
         .replace(
             'threshold = 1000.0\nclear = 900.0\nfor = "5m"',
@@ -125,7 +125,7 @@ def test_a_bad_rules_file_stops_the_worker_with_line_and_reason(
 
 @pytest.mark.kafka
 async def test_alerts_tail_shows_alerts_as_they_happen(settings: Settings) -> None:
-    from streams.admin import ensure_topics
+    from streams.kafka.admin import ensure_topics
     from streams.topics import ALERTS
     from tests.kafkautil import produce_messages
 

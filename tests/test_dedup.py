@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.dedup import WIDTH, SeqState, check_seq
+from streams.stages.dedup import WIDTH, SeqState, check_seq
 
 
 def run(seqs: list[int]) -> list[bool]:

@@ -103,18 +103,18 @@ def test_every_deploy_yaml_is_well_formed(path: Path) -> None:
 
 
 def test_committed_dashboards_are_what_the_code_generates() -> None:
-    from streams.dashboards import DASHBOARDS, render
+    from streams.tools.dashboards import DASHBOARDS, render
 
     folder = DEPLOY / "grafana" / "dashboards"
     assert sorted(p.name for p in folder.glob("*.json")) == sorted(DASHBOARDS)
     for name, build in DASHBOARDS.items():
         assert (folder / name).read_bytes() == render(build), (
-            f"{name} is stale: python -m streams.dashboards deploy/grafana/dashboards"
+            f"{name} is stale: python -m streams.tools.dashboards deploy/grafana/dashboards"
         )
 
 
 def test_dashboards_read_only_metrics_that_exist() -> None:
-    from streams.dashboards import DASHBOARDS, expressions
+    from streams.tools.dashboards import DASHBOARDS, expressions
 
     exported = exported_names(Metrics().registry) | {"up"}
     recorded = {r["record"] for r in rules() if "record" in r}

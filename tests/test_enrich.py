@@ -4,7 +4,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.enrich import Registry
+from streams.stages.enrich import Registry
 
 EXAMPLES = Path(__file__).parents[1] / "schemas" / "examples" / "valid" / "device"
 # The contract's classroom sensor, behind its school's access point.

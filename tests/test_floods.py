@@ -1,4 +1,4 @@
-"""Alert floods grouped for people (streams/floods.py): broker-free, with explicit times."""
+"""Alert floods grouped for people (streams/tools/floods.py): broker-free, with explicit times."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.backtest import describe_alert
-from streams.floods import AlertGroups
+from streams.tools.backtest import describe_alert
+from streams.tools.floods import AlertGroups
 from tests.conftest import ROOT
 
 T0 = 1_796_000_000_000  # event time of the first alert, epoch ms

@@ -11,13 +11,13 @@ import pytest
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
-from streams.enrich import Registry
-from streams.ingest import DictStore, Ingest, Outbox
 from streams.messages import Source
 from streams.metrics import Metrics
-from streams.routing import device_partition
-from streams.validate import Limits
-from streams.windows import DeviceState
+from streams.stages.enrich import Registry
+from streams.stages.ingest import DictStore, Ingest, Outbox
+from streams.stages.routing import device_partition
+from streams.stages.validate import Limits
+from streams.stages.windows import DeviceState
 
 SCHEMAS = Path(__file__).parents[1] / "schemas"
 NOW = 1795780800000

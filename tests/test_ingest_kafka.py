@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.produce import device_messages
-from streams.registry import generate_fleet
 from streams.settings import Settings
+from streams.tools.fleet import generate_fleet
+from streams.tools.publish import device_messages
 from streams.topics import DEADLETTER, DEVICES, TELEMETRY_ENRICHED, TELEMETRY_RAW
 from tests.conftest import spawn
 from tests.kafkautil import consume_records, produce_messages

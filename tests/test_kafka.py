@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.admin import AdminError, ensure_topics
-from streams.localkafka import LocalKafka
+from streams.kafka.admin import AdminError, ensure_topics
+from streams.kafka.local import LocalKafka
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, TELEMETRY_RAW, TopicSpec, topic_name
 from tests.apps.echo import ECHO_IN, ECHO_OUT

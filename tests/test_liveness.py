@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.enrich import Registry
-from streams.liveness import Family, Liveness, decode_family, encode_family, root_of
+from streams.stages.enrich import Registry
+from streams.stages.liveness import Family, Liveness, decode_family, encode_family, root_of
 
 T = 1_795_780_800_000
 

@@ -13,7 +13,7 @@ from streams.messages import (
     OccupancyValues,
     Source,
 )
-from streams.validate import Reading
+from streams.stages.validate import Reading
 
 
 def test_forwarded_readings_round_trip_and_read_v1() -> None:

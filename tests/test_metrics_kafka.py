@@ -13,12 +13,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.admin import ensure_topics
+from streams.devices import KIND_METRICS
+from streams.kafka.admin import ensure_topics
 from streams.metrics import Metrics
-from streams.produce import device_messages
-from streams.registry import KIND_METRICS, generate_fleet
-from streams.rules import load_rules
 from streams.settings import Settings
+from streams.stages.rules import load_rules
+from streams.tools.fleet import generate_fleet
+from streams.tools.publish import device_messages
 from streams.topics import DEVICES, TELEMETRY_RAW
 from tests.conftest import free_port, spawn
 from tests.kafkautil import produce_messages

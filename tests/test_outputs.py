@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.admin import ensure_topics
+from streams.kafka.admin import ensure_topics
 from streams.outputs import Outputs
-from streams.routing import key_partition
 from streams.settings import Settings
+from streams.stages.routing import key_partition
 from streams.topics import TopicSpec
 from tests.kafkautil import consume_records
 

@@ -18,9 +18,9 @@ import orjson
 import pytest
 import yaml
 
-from streams.admin import ensure_topics
-from streams.produce import device_messages
+from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
+from streams.tools.publish import device_messages
 from streams.topics import DEVICES, TELEMETRY_RAW
 from tests.conftest import free_port, spawn
 from tests.kafkautil import produce_messages

@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.deadletter import deadletter_record
-from streams.enrich import Device, enriched_record, unknown_device
-from streams.validate import INVALID_JSON, TOO_LARGE, Limits, Reading, Reject, parse_message
+from streams.stages.deadletter import deadletter_record
+from streams.stages.enrich import Device, enriched_record, unknown_device
+from streams.stages.validate import INVALID_JSON, TOO_LARGE, Limits, Reading, Reject, parse_message
 from tests.test_schemas import EXAMPLES, load_schema, validator
 
 NOW = 1795780800000
@@ -104,10 +104,10 @@ def test_valid_telemetry_examples_are_accepted_and_enrich_to_the_schema(path: Pa
 
 
 def test_alert_events_of_rules_and_of_liveness_match_the_alert_schema() -> None:
-    from streams.alerts import AlertState, evaluate
-    from streams.enrich import Registry
-    from streams.liveness import Family, Liveness
-    from streams.rules import load_rules
+    from streams.stages.alerts import AlertState, evaluate
+    from streams.stages.enrich import Registry
+    from streams.stages.liveness import Family, Liveness
+    from streams.stages.rules import load_rules
 
     rules = load_rules().for_kind("classroom_air")
     state, events = AlertState(), []
@@ -140,8 +140,8 @@ def test_alert_events_of_rules_and_of_liveness_match_the_alert_schema() -> None:
 
 
 def test_district_silent_events_match_the_alert_schema() -> None:
-    from streams.enrich import Registry
-    from streams.liveness import Family, Liveness
+    from streams.stages.enrich import Registry
+    from streams.stages.liveness import Family, Liveness
 
     registry = Registry()
     for i in range(12):

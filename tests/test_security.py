@@ -12,26 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from streams.localkafka import BrokerSecurity, KafkaError
-from streams.security import (
+from streams.kafka.acls import (
     Acl,
     Operation,
     PatternType,
     ResourceType,
-    Secret,
-    SecurityError,
     acl_commands,
     acl_markdown,
-    client_kwargs,
     consumer_acls,
-    describe,
     example_acls,
-    faust_credentials,
     ingest_acls,
     pipeline_acls,
-    read_secret,
     registry_acls,
 )
+from streams.kafka.clients import (
+    Secret,
+    SecurityError,
+    client_kwargs,
+    describe,
+    faust_credentials,
+    read_secret,
+)
+from streams.kafka.local import BrokerSecurity, KafkaError
 from streams.settings import Settings, SettingsError
 from streams.topics import (
     ALERTS,
@@ -269,7 +271,7 @@ def test_client_certificates_and_encrypted_keys(certs: Path, tmp_path: Path) -> 
 def test_the_faust_app_gets_the_credentials(
     certs: Path, password_file: Path, tmp_path: Path
 ) -> None:
-    from streams.app import create_app
+    from streams.runtime.app import create_app
 
     s = Settings.from_env(
         sasl_env(

@@ -3,7 +3,7 @@
 The module starts its own broker (the session's `broker` is plaintext): a SASL_SSL
 listener with a certificate from a test CA made here with the openssl CLI, SCRAM users
 for each principal, the StandardAuthorizer, and the ACLs of deploy/kafka/ACLS.md, created
-by streams.security. A real worker runs with the pipeline's credentials; the registry
+by streams.kafka.acls. A real worker runs with the pipeline's credentials; the registry
 and the readings are published by `citystreams registry load` and `citystreams send`
 with their own principals; a downstream consumer reads the outputs with its own.
 """
@@ -28,16 +28,10 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord
 
-from streams.admin import ensure_topics
-from streams.localkafka import BrokerSecurity, LocalKafka
-from streams.security import (
-    client_kwargs,
-    consumer_acls,
-    create_acls,
-    ingest_acls,
-    pipeline_acls,
-    registry_acls,
-)
+from streams.kafka.acls import consumer_acls, create_acls, ingest_acls, pipeline_acls, registry_acls
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import client_kwargs
+from streams.kafka.local import BrokerSecurity, LocalKafka
 from streams.settings import Settings
 from streams.topics import (
     ALERTS,

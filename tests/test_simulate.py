@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 
-from streams.alerts import AlertState, evaluate
-from streams.enrich import Registry
-from streams.produce import device_messages
-from streams.registry import generate_fleet
-from streams.rules import load_rules
-from streams.simulate import City, parse_injection
-from streams.validate import Limits, parse_message
+from streams.stages.alerts import AlertState, evaluate
+from streams.stages.enrich import Registry
+from streams.stages.rules import load_rules
+from streams.stages.validate import Limits, parse_message
+from streams.tools.fleet import generate_fleet
+from streams.tools.publish import device_messages
+from streams.tools.simulate import City, parse_injection
 
 START = 1_795_759_200_000  # 2026-11-27 06:00 UTC, 07:00 in Duisburg (a Friday)
 MINUTE = 60_000
@@ -112,7 +112,7 @@ def test_bad_data_is_the_kinds_of_bad_input_it_promises() -> None:
 
 
 def test_every_simulated_metric_is_in_its_kinds_vocabulary() -> None:
-    from streams.registry import KIND_METRICS
+    from streams.devices import KIND_METRICS
 
     kinds = {d["device_id"]: d["kind"] for d in FLEET}
     for r in readings(city(), 10):

@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.demo import CityMark, read_mark, resume, resume_start, write_mark
 from streams.settings import Settings
+from streams.tools.demo import CityMark, read_mark, resume, resume_start, write_mark
 from streams.topics import ALERTS, DEADLETTER
 from tests.conftest import ROOT, env_for
 from tests.kafkautil import consume_records

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.validate import (
+from streams.stages.validate import (
     INVALID_JSON,
     INVALID_UTF8,
     SCHEMA,

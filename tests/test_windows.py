@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from streams.windows import (
+from streams.stages.windows import (
     DeviceState,
     DistrictState,
     add_device_window,

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.admin import ensure_topics
-from streams.produce import device_messages
-from streams.registry import generate_fleet
+from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
+from streams.tools.fleet import generate_fleet
+from streams.tools.publish import device_messages
 from streams.topics import METRICS_DEVICE, METRICS_DISTRICT, TELEMETRY_RAW
 from tests.conftest import spawn
 from tests.faults.audit import (
@@ -83,7 +83,7 @@ def check(
 
 def window_settings(settings: Settings) -> Settings:
     # The readings are a backlog (event time 20 minutes ago): a pause longer than the
-    # idle time would rightly close its windows early (streams/windows.py), so keep it
+    # idle time would rightly close its windows early (streams/stages/windows.py), so keep it
     # longer than the test; the trailing readings below close the windows instead.
     return replace(settings, window_idle_s=600.0, district_wait_s=120.0)
 

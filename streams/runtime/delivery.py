@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streams.core import Pipeline
+from streams.kafka.clients import client_kwargs
 from streams.outputs import (
     OUTPUT_BATCH_BYTES,
     OUTPUT_LINGER_S,
@@ -36,7 +37,6 @@ from streams.outputs import (
     Producer,
     Record,
 )
-from streams.security import client_kwargs
 from streams.settings import Settings
 from streams.state import Write
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafka.clients import client_kwargs
 from streams.messages import OccupancyValues
+from streams.runtime.changelogs import read_to_end
 from streams.runtime.internals import refresh_metadata
-from streams.security import client_kwargs
 from streams.settings import Settings
-from streams.state import read_to_end
 
 log = logging.getLogger(__name__)
 

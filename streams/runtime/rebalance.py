@@ -37,7 +37,7 @@ def state_digest(stored: Mapping[bytes, bytes]) -> str:
 
 
 class Rebalance:
-    """faust's rebalance callbacks, as methods (connected by :mod:`streams.pipeline`)."""
+    """faust's rebalance callbacks, as methods (connected by :mod:`streams.runtime.wiring`)."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ import os
 
 import faust
 
-from streams.app import run_worker
+from streams.runtime.app import run_worker
 from streams.settings import Settings
 
 ECHO_IN = "echo.in"

@@ -2,7 +2,7 @@
 the producer's ledger alone, and a count of what it lost, duplicated or got wrong.
 
 Independent of the pipeline's code on purpose: windows are recomputed here with plain
-lists (not streams.windows), alert episodes with the pure rule engine replayed per
+lists (not streams.stages.windows), alert episodes with the pure rule engine replayed per
 device in sequence order (what `citystreams backtest` does: the live pipeline must
 agree with an offline replay of exactly the acknowledged readings).
 
@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from streams.alerts import AlertState, evaluate
-from streams.enrich import Registry
-from streams.produce import device_messages
-from streams.rules import RuleSet
+from streams.stages.alerts import AlertState, evaluate
+from streams.stages.enrich import Registry
+from streams.stages.rules import RuleSet
+from streams.tools.publish import device_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +261,7 @@ def audit_district_windows(
                 _close(have["min"], min(vs))
                 and _close(have["max"], max(vs))
                 and math.isclose(have["mean"], sum(vs) / len(vs), rel_tol=1e-9)
-                # a sketch: within 1% of the nearest-rank p95 (streams/windows.py)
+                # a sketch: within 1% of the nearest-rank p95 (streams/stages/windows.py)
                 and math.isclose(have["p95"], p95, rel_tol=0.0101, abs_tol=1e-9)
             )
             if not ok:

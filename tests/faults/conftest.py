@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.localkafka import LocalKafka
+from streams.kafka.local import LocalKafka
 from streams.settings import Settings
 from tests.conftest import free_port
 

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.registry import generate_fleet
 from streams.settings import Settings
+from streams.tools.fleet import generate_fleet
 from streams.topics import ALERTS, DEADLETTER, METRICS_DEVICE, METRICS_DISTRICT, TELEMETRY_ENRICHED
 from tests.conftest import spawn
 from tests.faults.audit import Reading

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.admin import ensure_topics
-from streams.produce import device_messages
-from streams.rules import load_rules
+from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
+from streams.stages.rules import load_rules
+from streams.tools.publish import device_messages
 from streams.topics import DEVICES as DEVICES_TOPIC
 from streams.topics import METRICS_DEVICE, METRICS_DISTRICT, TELEMETRY_ENRICHED, TELEMETRY_RAW
 from tests.faults.audit import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from streams.rules import parse_rules
+from streams.stages.rules import parse_rules
 from tests.faults.audit import Audit, Reading, audit, expected_alerts
 from tests.faults.harness import RULES, fleet
 

@@ -23,8 +23,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.runtime.rebalance import state_digest
+from streams.stages.validate import Limits, parse_message
 from streams.topics import STATE_DEVICE, topic_name
-from streams.validate import Limits, parse_message
 from tests.faults.conftest import BatteryKafka, start_battery_kafka
 from tests.faults.harness import flapping_values, read_raw
 from tests.faults.proxy import Proxy

@@ -14,7 +14,7 @@ how many devices, the first few of them, and how far apart in event time)::
         more), within 4m10s
 
 (here wrapped). A group that holds a single device's events prints them as
-:func:`streams.backtest.describe_alert` does, a line each, as ``alerts tail`` always did.
+:func:`streams.tools.backtest.describe_alert` does, a line each, as ``alerts tail`` always did.
 Events that arrive after a group was printed start the next group of that key.
 
 Pure: no Kafka and no clock of its own. The caller passes ``now`` (any clock in
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.backtest import describe_alert
-from streams.rules import SEVERITY_RANK
+from streams.stages.rules import SEVERITY_RANK
+from streams.tools.backtest import describe_alert
 
 DEFAULT_SPAN_S = 30.0  # Alertmanager's default group_wait
 NAMES_SHOWN = 3

@@ -1,6 +1,6 @@
 """Alert rules: a declarative TOML file, parsed and checked into frozen :class:`Rule` s.
 
-The shipped defaults are ``streams/default_rules.toml``; ``CITYSTREAMS_RULES`` names a
+The shipped defaults are ``streams/stages/default_rules.toml``; ``CITYSTREAMS_RULES`` names a
 file that replaces them. A file that cannot be used is refused at start with its line
 (where TOML knows it) and the reason: :class:`RulesError`.
 
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from streams.registry import KINDS
+from streams.devices import KINDS
 
 DEFAULT_RULES = Path(__file__).with_name("default_rules.toml")
 

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from streams.registry import check_device
-from streams.validate import Reading
+from streams.devices import check_device
+from streams.stages.validate import Reading
 
 UNKNOWN_KIND = "unknown"
 K = TypeVar("K")

@@ -26,13 +26,13 @@ from aiokafka.errors import (
 )
 
 from streams import __version__
-from streams.admin import AdminError, ensure_topics
-from streams.localkafka import KafkaError, LocalKafka
-from streams.rules import RulesError
+from streams.kafka.admin import AdminError, ensure_topics
+from streams.kafka.local import KafkaError, LocalKafka
 from streams.settings import Settings, SettingsError, settings_table
+from streams.stages.rules import RulesError
 
 if TYPE_CHECKING:
-    from streams.simulate import City
+    from streams.tools.simulate import City
     from streams.topics import TopicSpec
 
 log = logging.getLogger("citystreams")
@@ -54,7 +54,7 @@ def _progress(line: str) -> None:
 def _kafka(args: argparse.Namespace, settings: Settings) -> int:
     security = None
     if args.secure is not None:
-        from streams.localkafka import BrokerSecurity
+        from streams.kafka.local import BrokerSecurity
 
         security = BrokerSecurity.from_dir(Path(args.secure))
     kafka = LocalKafka(settings, port=args.port, security=security)
@@ -90,8 +90,8 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.app import run_worker
-    from streams.pipeline import build
+    from streams.runtime.app import run_worker
+    from streams.runtime.wiring import build
 
     return run_worker(settings, build)
 
@@ -112,18 +112,20 @@ def _city(
 ) -> tuple[list[dict[str, Any]], City, int]:
     """The fleet, the simulated city and its event-time start (``start``, else from the
     arguments)."""
-    from streams import registry
-    from streams.demo import now_ms, start_for
-    from streams.simulate import City, parse_injection
+    from streams import devices as records_of
+    from streams.tools.demo import now_ms, start_for
+    from streams.tools.fleet import generate_fleet
+    from streams.tools.simulate import City, parse_injection
 
     if args.registry:
         with open(args.registry, "rb") as f:
             data = f.read()
-        fleet, errors = registry.parse_registry(data, registry.format_from_path(args.registry))
+        file_format = records_of.format_from_path(args.registry)
+        fleet, errors = records_of.parse_device_file(data, file_format)
         if errors:
             raise SettingsError(f"{args.registry}: {errors[0]} ({len(errors)} error(s))")
     else:
-        fleet = registry.generate_fleet(seed=args.seed, scale=args.scale)
+        fleet = generate_fleet(seed=args.seed, scale=args.scale)
     if start is None:
         start = args.start if args.start is not None else start_for(speed, args.duration, now_ms())
     scenarios = args.scenario if args.scenario is not None else list(DEFAULT_SCENARIOS)
@@ -136,9 +138,9 @@ def _city(
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.demo import Progress, registry_for, run_city
-    from streams.produce import device_messages, publish
-    from streams.simulate import describe_scenarios
+    from streams.tools.demo import Progress, registry_for, run_city
+    from streams.tools.publish import device_messages, publish
+    from streams.tools.simulate import describe_scenarios
     from streams.topics import DEVICES
 
     if args.list_scenarios:
@@ -170,12 +172,12 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     """The city in one command: Kafka, topics, registry, a worker, the simulator.
 
     A run on a state directory that a previous ``up`` used continues its city's event
-    time (never back: the pipeline's state remembers it); see streams/demo.py."""
-    from streams.demo import CityMark, mark_path, now_ms, read_mark, resume, start_for, up
+    time (never back: the pipeline's state remembers it); see streams/tools/demo.py."""
+    from streams.tools.demo import CityMark, mark_path, now_ms, read_mark, resume, start_for, up
 
     # The live view is the output here: the clients' chatter (retries while a new topic
     # gets its leaders, group changes) goes to the worker log, not the terminal.
-    for name in ("aiokafka", "streams.admin"):
+    for name in ("aiokafka", "streams.kafka.admin"):
         logging.getLogger(name).setLevel(logging.ERROR)
     kafka = None
     if not args.external_kafka:
@@ -250,19 +252,20 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import registry
-    from streams.produce import device_messages, publish
+    from streams import devices as records_of
+    from streams.tools.fleet import generate_fleet
+    from streams.tools.publish import device_messages, publish
     from streams.topics import DEVICES
 
     if args.action == "generate":
-        fleet = registry.generate_fleet(seed=args.seed, scale=args.scale)
-        data = registry.to_jsonl(fleet)
+        fleet = generate_fleet(seed=args.seed, scale=args.scale)
+        data = records_of.to_jsonl(fleet)
         if args.output == "-":
             sys.stdout.buffer.write(data)
         else:
             with open(args.output, "wb") as f:
                 f.write(data)
-        counts = ", ".join(f"{k} {n}" for k, n in registry.count_by_kind(fleet).items())
+        counts = ", ".join(f"{k} {n}" for k, n in records_of.count_by_kind(fleet).items())
         print(f"{len(fleet)} devices ({counts})", file=sys.stderr)
         return 0
     if args.file is None:
@@ -270,7 +273,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     with open(args.file, "rb") as f:
         data = f.read()
-    records, errors = registry.parse_registry(data, registry.format_from_path(args.file))
+    records, errors = records_of.parse_device_file(data, records_of.format_from_path(args.file))
     for error in errors:
         print(f"{args.file}: {error}", file=sys.stderr)
     if errors and not args.skip_invalid:
@@ -291,7 +294,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.produce import publish, telemetry_messages
+    from streams.tools.publish import publish, telemetry_messages
     from streams.topics import TELEMETRY_RAW
 
     with open(args.file, "rb") as f:
@@ -315,16 +318,16 @@ def _specs(settings: Settings, base: str) -> list[TopicSpec]:
 def _acls(args: argparse.Namespace, settings: Settings) -> int:
     """The ACLs of each principal (deploy/kafka/ACLS.md): shown as kafka-acls.sh
     commands, or created with the current (admin) credentials."""
-    from streams import security
+    from streams.kafka import acls as model
     from streams.topics import ALL_TOPICS
 
     if args.markdown:
-        print(security.acl_markdown(security.example_acls(Settings.from_env({}))))
+        print(model.acl_markdown(model.example_acls(Settings.from_env({}))))
         return 0
     acls = [  # in the order of deploy/kafka/ACLS.md
-        *security.ingest_acls(settings, args.ingest),
-        *security.registry_acls(settings, args.registry),
-        *security.pipeline_acls(settings, args.pipeline),
+        *model.ingest_acls(settings, args.ingest),
+        *model.registry_acls(settings, args.registry),
+        *model.pipeline_acls(settings, args.pipeline),
     ]
     for spec in args.consumer or []:
         user, _, rest = spec.partition(":")
@@ -339,14 +342,14 @@ def _acls(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 2
         try:
-            acls += security.consumer_acls(settings, user, names, group or None)
+            acls += model.consumer_acls(settings, user, names, group or None)
         except ValueError as exc:
             print(f"citystreams: --consumer {spec!r}: {exc}", file=sys.stderr)
             return 2
     if args.action == "show":
-        print(security.acl_commands(acls))
+        print(model.acl_commands(acls))
         return 0
-    count = asyncio.run(security.create_acls(settings, acls))
+    count = asyncio.run(model.create_acls(settings, acls))
     print(f"{count} ACL(s) in place")
     return 0
 
@@ -355,7 +358,7 @@ def _print_topic(
     settings: Settings, topic: str, args: argparse.Namespace, render: Callable[[bytes], str]
 ) -> int:
     """Records of ``topic`` as they arrive, a line each; stops after ``args.count``."""
-    from streams.produce import follow
+    from streams.tools.publish import follow
 
     async def run() -> int:
         shown = 0
@@ -371,9 +374,9 @@ def _print_topic(
 
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     """Alert events as they happen: a line per group of one status, rule and district
-    within 30 s of arrival (streams/floods.py), or a line each with ``--ungrouped``."""
-    from streams.demo import show_alerts
-    from streams.floods import AlertGroups
+    within 30 s of arrival (streams/tools/floods.py), or a line each with ``--ungrouped``."""
+    from streams.tools.demo import show_alerts
+    from streams.tools.floods import AlertGroups
 
     groups = AlertGroups(ungrouped=args.ungrouped)
     asyncio.run(
@@ -385,11 +388,12 @@ def _alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import registry as reg
-    from streams.backtest import backtest, registry_beside, report
-    from streams.enrich import Registry
-    from streams.produce import device_messages
-    from streams.rules import load_rules
+    from streams import devices as records_of
+    from streams.stages.enrich import Registry
+    from streams.stages.rules import load_rules
+    from streams.tools.backtest import backtest, registry_beside, report
+    from streams.tools.fleet import generate_fleet
+    from streams.tools.publish import device_messages
 
     ruleset = load_rules(Path(args.rules) if args.rules else None)
     with open(args.input, "rb") as recording:
@@ -407,11 +411,11 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         if path:
             with open(path, "rb") as f:
                 data = f.read()
-            records, errors = reg.parse_registry(data, reg.format_from_path(path))
+            records, errors = records_of.parse_device_file(data, records_of.format_from_path(path))
             for error in errors:
                 print(f"{path}: {error}", file=sys.stderr)
         else:  # the simulated city's fleet
-            records = reg.generate_fleet(seed=args.seed)
+            records = generate_fleet(seed=args.seed)
         devices = Registry()
         for key, value in device_messages(records):
             devices.apply(key, value)

@@ -41,11 +41,11 @@ from typing import Any
 
 import orjson
 
-from streams.enrich import Device
-from streams.ingest import StateStore
-from streams.routing import device_partition
-from streams.rules import Rule, RuleSet
-from streams.validate import Reading
+from streams.stages.enrich import Device
+from streams.stages.ingest import StateStore
+from streams.stages.routing import device_partition
+from streams.stages.rules import Rule, RuleSet
+from streams.stages.validate import Reading
 
 BUCKETS = 12  # a mean_over window is kept as this many partial sums
 MIN_GAPS = 3  # gaps learned whatever their length (after them, an outage is not learned)

@@ -1,6 +1,6 @@
 """The faust application: configuration and the worker entry point.
 
-The pipeline's agents are wired onto the app by :func:`streams.pipeline.build`; this
+The pipeline's agents are wired onto the app by :func:`streams.runtime.wiring.build`; this
 module only knows how to configure faust safely and run one worker.
 """
 
@@ -14,10 +14,10 @@ from typing import NoReturn
 
 import faust
 
-from streams.admin import ensure_topics
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import describe, faust_credentials
 from streams.outputs import OUTPUT_BATCH_BYTES, OUTPUT_REQUEST_BYTES
 from streams.runtime.internals import read_committed
-from streams.security import describe, faust_credentials
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

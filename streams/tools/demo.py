@@ -1,6 +1,6 @@
 """The simulated city on a real Kafka: ``citystreams simulate`` and ``citystreams up``.
 
-The pure simulation is :mod:`streams.simulate`; this module sends it, paced against
+The pure simulation is :mod:`streams.tools.simulate`; this module sends it, paced against
 the wall clock, and shows what the pipeline makes of it.
 
 Speed-up: with ``--speed S`` event time runs S times faster than the wall clock, from a
@@ -20,7 +20,7 @@ at the next window boundary when the wall clock allows) and says in its header
 whether it continues the city or starts a fresh one (:func:`resume`).
 
 Alerts in the live view (and ``citystreams alerts tail``) are grouped per status, rule
-and district over 30 s of arrival (:mod:`streams.floods`), as Alertmanager groups
+and district over 30 s of arrival (:mod:`streams.tools.floods`), as Alertmanager groups
 notifications; ``--ungrouped`` prints a line per event.
 """
 
@@ -43,12 +43,12 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from streams.admin import ensure_topics
-from streams.floods import AlertGroups
-from streams.produce import device_messages, follow, publish
-from streams.security import client_kwargs
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import client_kwargs
 from streams.settings import Settings
-from streams.simulate import City
+from streams.tools.floods import AlertGroups
+from streams.tools.publish import device_messages, follow, publish
+from streams.tools.simulate import City
 from streams.topics import ALERTS, DEVICES, TELEMETRY_RAW
 
 log = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ async def live_view(
     every_s: float = 5.0,
     groups: AlertGroups | None = None,
 ) -> None:
-    """Alerts as they fire and resolve (grouped: see :mod:`streams.floods`), and a
+    """Alerts as they fire and resolve (grouped: see :mod:`streams.tools.floods`), and a
     status line every few seconds."""
     task = asyncio.ensure_future(
         show_alerts(settings, out, groups or AlertGroups(), prefix="  alert  ")

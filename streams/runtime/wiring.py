@@ -18,14 +18,14 @@ import faust
 
 from streams.core import Pipeline
 from streams.metrics import Metrics, serve
-from streams.rules import RuleSet, load_rules
+from streams.runtime.changelogs import load_partitions
 from streams.runtime.delivery import Delivery, Transactions
 from streams.runtime.followers import Follower, apply_latest
 from streams.runtime.internals import aiokafka_producer
 from streams.runtime.rebalance import Rebalance
 from streams.runtime.timers import InputWatch, Timers, now_ms
 from streams.settings import EXACTLY_ONCE, Settings
-from streams.state import load_partitions
+from streams.stages.rules import RuleSet, load_rules
 
 log = logging.getLogger(__name__)
 

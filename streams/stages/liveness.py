@@ -46,8 +46,8 @@ from typing import Any
 
 import orjson
 
-from streams.alerts import alert_id, alert_record
-from streams.enrich import Device, Registry
+from streams.stages.alerts import alert_id, alert_record
+from streams.stages.enrich import Device, Registry
 
 OFFLINE_RULE = "device_offline"
 SCOPE_RULE = "district_silent"

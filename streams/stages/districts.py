@@ -1,8 +1,8 @@
 """The district stage: closed device windows in, district window aggregates out.
 
-No faust: driven with plain arguments, like :mod:`streams.ingest`. Its input is keyed
+No faust: driven with plain arguments, like :mod:`streams.stages.ingest`. Its input is keyed
 by (district, kind), so one partition owns each key; the closing rule is described in
-:mod:`streams.windows`.
+:mod:`streams.stages.windows`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streams.enrich import UNKNOWN_KIND, Device, Registry
-from streams.ingest import StateStore
 from streams.messages import DeviceWindowClosed
 from streams.metrics import Metrics
-from streams.windows import (
+from streams.stages.enrich import UNKNOWN_KIND, Device, Registry
+from streams.stages.ingest import StateStore
+from streams.stages.windows import (
     Closed,
     DistrictState,
     add_device_window,

@@ -12,7 +12,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from streams.security import client_kwargs
+from streams.kafka.clients import client_kwargs
 from streams.settings import Settings
 from streams.topics import COPARTITIONED, TopicSpec, topic_specs
 
@@ -91,7 +91,7 @@ async def _check_partitions(
     admin: AIOKafkaAdminClient, settings: Settings, wanted: list[TopicSpec]
 ) -> None:
     """Input and state topics must have the configured partition count: partition p of
-    each holds the same devices (streams/routing.py), and one worker owns them all."""
+    each holds the same devices (streams/stages/routing.py), and one worker owns them all."""
     counts = {
         s.name: s.partitions
         for s in wanted

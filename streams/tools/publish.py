@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.security import client_kwargs
+from streams.kafka.clients import client_kwargs
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

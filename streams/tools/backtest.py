@@ -24,11 +24,11 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.core import Pipeline
-from streams.enrich import Registry
 from streams.metrics import PREFIX, Metrics
-from streams.rules import SEVERITY_RANK, RuleSet
 from streams.settings import Settings
-from streams.validate import LATE, UNKNOWN_DEVICE, Limits
+from streams.stages.enrich import Registry
+from streams.stages.rules import SEVERITY_RANK, RuleSet
+from streams.stages.validate import LATE, UNKNOWN_DEVICE, Limits
 
 # Recorded data is old: only the size limit of the live pipeline applies.
 _LIMITS = Limits(max_bytes=1 << 20, max_future_ms=1 << 62, max_past_ms=1 << 62)

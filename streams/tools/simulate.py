@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from streams.registry import HEARTBEAT_S
+from streams.tools.fleet import HEARTBEAT_S
 
 CITY_TZ = ZoneInfo("Europe/Berlin")
 MINUTE = 60_000

@@ -9,17 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.registry import (
-    DISTRICT_NAMES,
-    DISTRICTS,
+from streams.devices import (
     KINDS,
     check_device,
     count_by_kind,
     format_from_path,
-    generate_fleet,
-    parse_registry,
+    parse_device_file,
     to_jsonl,
 )
+from streams.tools.fleet import DISTRICT_NAMES, DISTRICTS, generate_fleet
 
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # No example database: the tests must not write into the working tree.
@@ -101,7 +99,7 @@ def test_ids_parents_and_records_valid(which: str, request: pytest.FixtureReques
 
 
 def test_jsonl_round_trip(fleet: list[dict[str, object]]) -> None:
-    assert parse_registry(to_jsonl(fleet), "jsonl") == (fleet, [])
+    assert parse_device_file(to_jsonl(fleet), "jsonl") == (fleet, [])
 
 
 def test_csv_bad_row_reported_good_rows_kept() -> None:
@@ -111,7 +109,7 @@ def test_csv_bad_row_reported_good_rows_kept() -> None:
         "dui-sued-x,tractor,Süd,gs001,51.36,6.76,,30\n"
         '"dui-sued-gs001-r3-air",classroom_air,Süd,gs001,51.36001,6.76,dui-sued-gs001-ap1,60\n'
     ).encode()
-    records, errors = parse_registry(data, "csv")
+    records, errors = parse_device_file(data, "csv")
     assert len(errors) == 1
     assert errors[0].startswith("line 3: kind 'tractor' is not one of classroom_air")
     assert [r["device_id"] for r in records] == ["dui-sued-gs001-ap1", "dui-sued-gs001-r3-air"]
@@ -128,7 +126,7 @@ def test_csv_bad_row_reported_good_rows_kept() -> None:
 
 
 def test_csv_header_without_required_columns() -> None:
-    records, errors = parse_registry(b"device_id;kind;district\nx;wlan_ap;Mitte\n", "csv")
+    records, errors = parse_device_file(b"device_id;kind;district\nx;wlan_ap;Mitte\n", "csv")
     assert records == []
     assert errors == [
         "line 1: header lacks column(s): device_id, kind, district, site, lat, lon "
@@ -138,7 +136,7 @@ def test_csv_header_without_required_columns() -> None:
 
 def test_tombstone_line() -> None:
     data = to_jsonl([GOOD]) + b'{"device_id": "dui-mitte-gs017-ap1", "deleted": true}\n'
-    records, errors = parse_registry(data, "jsonl")
+    records, errors = parse_device_file(data, "jsonl")
     assert errors == []
     assert records == [GOOD, {"device_id": "dui-mitte-gs017-ap1", "deleted": True}]
 
@@ -154,7 +152,7 @@ def test_bad_lines_reported_with_line_numbers() -> None:
         json.dumps({**GOOD, "device_id": "dui-mitte-gs017-r12-air"}).encode(),
         json.dumps({"device_id": "x", "deleted": "yes"}).encode(),
     ]
-    records, errors = parse_registry(b"\n".join(lines), "jsonl")
+    records, errors = parse_device_file(b"\n".join(lines), "jsonl")
     assert records == [GOOD]
     assert [e.split(":")[0] for e in errors] == [f"line {n}" for n in (3, 4, 5, 6, 7, 8)]
     assert "not valid UTF-8" in errors[0]
@@ -203,10 +201,10 @@ def test_count_by_kind_and_format_from_path() -> None:
 
 
 def _assert_well_formed(data: bytes, fmt: str) -> None:
-    records, errors = parse_registry(data, fmt)
+    records, errors = parse_device_file(data, fmt)
     assert all(re.match(r"line \d+: ", e) and "\n" not in e for e in errors)
     # Whatever was accepted can be published and reads back the same.
-    assert parse_registry(to_jsonl(records), "jsonl") == (records, [])
+    assert parse_device_file(to_jsonl(records), "jsonl") == (records, [])
 
 
 @quick

@@ -87,7 +87,7 @@ class DeviceState:
         self.closed_until = 0  # every window ending at or before this has been emitted
         self.last_arrival = 0  # wall clock of the latest reading, for the idle timer
         self.open: dict[int, dict[str, list[Any]]] = {}
-        self.seq_high = -1  # de-duplication (streams.dedup): -1 means no seq seen yet
+        self.seq_high = -1  # de-duplication (streams.stages.dedup): -1 means no seq seen yet
         self.seq_mask = 0
         self.applied = [-1, -1]
 

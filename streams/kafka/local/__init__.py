@@ -10,7 +10,7 @@ Errors a user can fix (no JDK, no Maven, a failed fetch, a port in use) are rais
 With a :class:`BrokerSecurity` the client listener is SASL_SSL instead of PLAINTEXT:
 TLS with the given PEM keystore, SCRAM-SHA-512 users created when the storage is
 formatted, and Kafka's StandardAuthorizer, which refuses everything no ACL allows
-(streams/security.py says which ACLs each principal needs and creates them).
+(streams/kafka/acls.py says which ACLs each principal needs and creates them).
 """
 
 from __future__ import annotations

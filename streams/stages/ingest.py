@@ -1,10 +1,10 @@
 """The ingest stage: raw messages in; dead letters, forwards and enriched readings out.
 
 No faust here: :class:`Ingest` is driven with plain arguments and fills an
-:class:`Outbox`, which the agents in :mod:`streams.pipeline` drain to Kafka. Tests
+:class:`Outbox`, which the agents in :mod:`streams.runtime.wiring` drain to Kafka. Tests
 drive it directly, without a network.
 
-Per message: validate (:mod:`streams.validate`); readings whose device belongs to
+Per message: validate (:mod:`streams.stages.validate`); readings whose device belongs to
 another partition are forwarded there (a gateway batch mixes devices, and per-device
 state must have one owner); the rest are checked against the registry, de-duplicated
 on ``seq`` and handed on, enriched.
@@ -18,13 +18,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from streams.deadletter import deadletter_record
-from streams.dedup import SeqState, check_seq
-from streams.enrich import Device, Registry, enriched_record, unknown_device
 from streams.messages import ForwardedReadings, Source, encode_forwarded
 from streams.metrics import Metrics
-from streams.routing import device_partition
-from streams.validate import (
+from streams.stages.deadletter import deadletter_record
+from streams.stages.dedup import SeqState, check_seq
+from streams.stages.enrich import Device, Registry, enriched_record, unknown_device
+from streams.stages.routing import device_partition
+from streams.stages.validate import (
     LATE,
     SCHEMA,
     UNKNOWN_DEVICE,
@@ -33,7 +33,7 @@ from streams.validate import (
     Reject,
     parse_message,
 )
-from streams.windows import Closed, DeviceState, add_reading, close_idle, idle_due
+from streams.stages.windows import Closed, DeviceState, add_reading, close_idle, idle_due
 
 S = TypeVar("S")
 RAW, FORWARDED = 0, 1  # index of the input in DeviceState.applied

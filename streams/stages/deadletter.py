@@ -7,7 +7,7 @@ from typing import Any, Final
 
 import orjson
 
-from streams.validate import Reject
+from streams.stages.validate import Reject
 
 # A rejected message can be as large as the broker accepts (about 1 MB); its base64 is a
 # third larger and would not fit a Kafka record itself, so the dead letter would fail

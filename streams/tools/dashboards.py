@@ -1,6 +1,6 @@
 """Grafana dashboards, generated from code so they cannot drift from the metrics.
 
-``python -m streams.dashboards deploy/grafana/dashboards`` writes them; a test checks
+``python -m streams.tools.dashboards deploy/grafana/dashboards`` writes them; a test checks
 that the committed JSON is what this module generates and that every expression reads
 only metrics the workers export or the recording rules in ``deploy/prometheus/``
 define.
