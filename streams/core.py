@@ -98,7 +98,6 @@ class Pipeline:
         self.topics = t = TopicNames.of(settings.topic_prefix, settings.app_id)
         self.registry = registry = registry if registry is not None else Registry()
         self.partitions = partitions = settings.partitions
-        self.window_ms = settings.window_s * 1000
         grace_ms = int(settings.grace_s * 1000)
 
         # --- state: per device, district and family, each with its changelog -----------
@@ -138,7 +137,9 @@ class Pipeline:
             states=self.device_states,
             metrics=metrics,
             partitions=partitions,
-            windows=WindowConfig(self.window_ms, grace_ms, int(settings.window_idle_s * 1000)),
+            windows=WindowConfig(
+                settings.window_s * 1000, grace_ms, int(settings.window_idle_s * 1000)
+            ),
             pass_unknown=settings.unknown_devices == "pass",
             emit_enriched=settings.emit_enriched,
         )
@@ -244,11 +245,9 @@ class Pipeline:
     def _windows_closed(self, out: Outbox) -> None:
         send = self.outputs.add
         t = self.topics
-        size = self.window_ms
         for device, owner, window in out.closed:
-            start, aggs = window
             record = device_window_record(
-                device.device_id, device.kind, device.district, device.site, start, size, aggs
+                device.device_id, device.kind, device.district, device.site, window
             )
             send(
                 t.device_windows,
@@ -258,7 +257,7 @@ class Pipeline:
                 owner,
             )
             self.metrics.windows_emitted_device.inc()
-            message = district_message(device, window, size)
+            message = district_message(device, window)
             if message is not None:
                 send(t.by_district, message[0], compact(message[1]))
 

@@ -11,6 +11,7 @@ import random
 import pytest
 
 from streams.stages.windows import (
+    Closed,
     DeviceState,
     DistrictState,
     add_device_window,
@@ -39,8 +40,8 @@ def feed(state: DeviceState, *readings: tuple[float, float]) -> list[tuple[int, 
         assert not late
         closed += done
     return [
-        (start, device_window_record("d", "k", "D", "s", start, SIZE, a)["metrics"])
-        for start, a in closed
+        (window.start, device_window_record("d", "k", "D", "s", window)["metrics"])
+        for window in closed
     ]
 
 
@@ -95,7 +96,7 @@ def test_idle_timer_closes_when_input_goes_quiet() -> None:
     feed(state, (30, 500))
     assert close_idle(state, at(65), SIZE, GRACE, IDLE) == []  # end + grace not reached
     closed = close_idle(state, at(70), SIZE, GRACE, IDLE)  # 70 s: end + grace, silent 40 s
-    assert [s for s, _ in closed] == [T] and not state.open
+    assert [(w.start, w.end) for w in closed] == [(T, T + SIZE)] and not state.open
 
 
 def test_idle_timer_spares_a_device_that_is_still_uploading() -> None:
@@ -136,7 +137,7 @@ def test_several_metrics_are_aggregated_independently() -> None:
     add_reading(state, at(1), {"a": 1.0, "b": 10.0}, at(1), SIZE, GRACE)
     add_reading(state, at(2), {"a": 3.0}, at(2), SIZE, GRACE)
     _, closed = add_reading(state, at(80), {"a": 0.0}, at(80), SIZE, GRACE)
-    metrics = device_window_record("d", "k", "D", "s", closed[0][0], SIZE, closed[0][1])["metrics"]
+    metrics = device_window_record("d", "k", "D", "s", closed[0])["metrics"]
     assert metrics == {
         "a": {"count": 2, "min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0},
         "b": {"count": 1, "min": 10.0, "max": 10.0, "mean": 10.0, "last": 10.0},
@@ -154,7 +155,7 @@ def test_state_round_trips_through_json() -> None:
 DSIZE, WAIT = 300_000, 30_000
 
 
-def device_window(state: DeviceState, second: float, value: float) -> tuple[int, dict]:
+def device_window(state: DeviceState, second: float, value: float) -> Closed:
     add_reading(state, at(second), {"co2_ppm": value}, 0, SIZE, GRACE)
     return close_idle(state, 10**15, SIZE, GRACE, 0)[0]
 
@@ -163,8 +164,8 @@ def test_district_window_closes_when_every_registered_device_moved_past_it() -> 
     district = DistrictState()
     devices = {"a": DeviceState(), "b": DeviceState()}
     for name, value in (("a", 400.0), ("b", 800.0)):
-        start, aggs = device_window(devices[name], 290, value)  # last minute of [T, T+300)
-        add_device_window(district, name, start, start + SIZE, aggs, at(301), DSIZE)
+        start, end, aggs = device_window(devices[name], 290, value)  # last minute of [T, T+300)
+        add_device_window(district, name, start, end, aggs, at(301), DSIZE)
     # Both devices delivered their window ending at T+300 s: the district window closes now.
     closed = close_districts(district, at(302), DSIZE, GRACE, WAIT, {"a", "b"})
     record = district_window_record("Mitte", "classroom_air", closed[0][0], DSIZE, closed[0][1])
@@ -173,21 +174,21 @@ def test_district_window_closes_when_every_registered_device_moved_past_it() -> 
 
 def test_district_window_waits_for_a_registered_device_then_times_out() -> None:
     district = DistrictState()
-    start, aggs = device_window(DeviceState(), 100, 500.0)
-    add_device_window(district, "a", start, start + SIZE, aggs, at(111), DSIZE)
+    start, end, aggs = device_window(DeviceState(), 100, 500.0)
+    add_device_window(district, "a", start, end, aggs, at(111), DSIZE)
     registered = {"a", "b"}  # b never reports
     assert close_districts(district, at(300 + 10 + 29), DSIZE, GRACE, WAIT, registered) == []
     # 30 s (WAIT) after end + grace, and after the first arrival: closed without b.
     assert len(close_districts(district, at(300 + 10 + 30), DSIZE, GRACE, WAIT, registered)) == 1
-    late = add_device_window(district, "b", start, start + SIZE, aggs, at(400), DSIZE)
+    late = add_device_window(district, "b", start, end, aggs, at(400), DSIZE)
     assert late is False
 
 
 def test_backlog_district_window_waits_from_its_first_arrival() -> None:
     district = DistrictState()
-    start, aggs = device_window(DeviceState(), 5, 1.0)
+    start, end, aggs = device_window(DeviceState(), 5, 1.0)
     now = at(7200)  # replayed two hours later
-    add_device_window(district, "a", start, start + SIZE, aggs, now, DSIZE)
+    add_device_window(district, "a", start, end, aggs, now, DSIZE)
     assert close_districts(district, now + WAIT - 1, DSIZE, GRACE, WAIT, {"a", "b"}) == []
     assert close_districts(district, now + WAIT, DSIZE, GRACE, WAIT, {"a", "b"}) != []
 
@@ -204,8 +205,8 @@ def test_p95_is_within_one_percent_of_nearest_rank(seed: int) -> None:
 
 def test_district_state_round_trips_through_json() -> None:
     district = DistrictState()
-    start, aggs = device_window(DeviceState(), 5, 3.5)
-    add_device_window(district, "a", start, start + SIZE, aggs, at(70), DSIZE)
+    start, end, aggs = device_window(DeviceState(), 5, 3.5)
+    add_device_window(district, "a", start, end, aggs, at(70), DSIZE)
     again = DistrictState.from_json(district.to_json())
     one = close_districts(district, at(10**6), DSIZE, GRACE, WAIT, None)
     two = close_districts(again, at(10**6), DSIZE, GRACE, WAIT, None)
@@ -216,9 +217,9 @@ def test_district_state_round_trips_through_json() -> None:
 
 def test_a_device_window_delivered_twice_counts_once() -> None:
     district = DistrictState()
-    start, aggs = device_window(DeviceState(), 5, 2.0)
+    start, end, aggs = device_window(DeviceState(), 5, 2.0)
     for _ in range(2):  # redelivered after a crash
-        add_device_window(district, "a", start, start + SIZE, aggs, at(70), DSIZE)
+        add_device_window(district, "a", start, end, aggs, at(70), DSIZE)
     closed = close_districts(district, at(10**6), DSIZE, GRACE, WAIT, None)
     record = district_window_record("D", "k", closed[0][0], DSIZE, closed[0][1])
     assert record["metrics"]["co2_ppm"]["count"] == 1

@@ -35,14 +35,13 @@ class DistrictOutbox:
         self.records.clear()
 
 
-def district_message(device: Device, window: Closed, size_ms: int) -> tuple[bytes, bytes] | None:
+def district_message(device: Device, window: Closed) -> tuple[bytes, bytes] | None:
     """A closed device window as the district stage's input: (key, value), or None for
     devices that belong to no district (unregistered ones passed as ``unknown``)."""
     if device.kind == UNKNOWN_KIND:
         return None
-    start, aggs = window
     message = DeviceWindowClosed(
-        device.district, device.kind, device.device_id, start, start + size_ms, aggs
+        device.district, device.kind, device.device_id, window.start, window.end, window.aggregates
     )
     return message.key(), message.encode()
 

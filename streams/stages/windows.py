@@ -43,7 +43,7 @@ within 1% of the nearest-rank p95 of the raw values (exact for 0).
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 # Per metric in an open device window, one list: [last_ts, last, value, value, ...].
 # Every value is kept anyway (the district p95 needs them), so count, min, max and sum
@@ -111,7 +111,12 @@ class DeviceState:
         return state
 
 
-Closed = tuple[int, dict[str, list[Any]]]  # (window start, per-metric aggregates)
+class Closed(NamedTuple):
+    """A device window that has closed: ``[start, end)`` and its per-metric aggregates."""
+
+    start: int
+    end: int
+    aggregates: dict[str, list[Any]]
 
 
 def _upgrade(aggs: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -191,19 +196,13 @@ def _close_until(state: DeviceState, limit: int, size: int) -> list[Closed]:
         end = start + size
         if end > limit:
             break
-        closed.append((start, state.open.pop(start)))
+        closed.append(Closed(start, end, state.open.pop(start)))
         state.closed_until = end
     return closed
 
 
 def device_window_record(
-    device_id: str,
-    kind: str,
-    district: str,
-    site: str,
-    start: int,
-    size: int,
-    aggs: dict[str, list[Any]],
+    device_id: str, kind: str, district: str, site: str, window: Closed
 ) -> dict[str, Any]:
     """The contract's device window aggregate."""
     return {
@@ -211,9 +210,9 @@ def device_window_record(
         "kind": kind,
         "district": district,
         "site": site,
-        "window_start": start,
-        "window_end": start + size,
-        "metrics": {name: _stats(a) for name, a in aggs.items()},
+        "window_start": window.start,
+        "window_end": window.end,
+        "metrics": {name: _stats(a) for name, a in window.aggregates.items()},
     }
 
 
