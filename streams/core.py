@@ -31,7 +31,6 @@ from streams.outputs import Outputs
 from streams.settings import Settings
 from streams.stages.alerts import Alerting, AlertState, decode_alerts, encode_alerts
 from streams.stages.districts import (
-    DistrictOutbox,
     Districts,
     decode_district,
     district_message,
@@ -310,9 +309,9 @@ class Pipeline:
 
     def close_districts(self, now_ms: int) -> None:
         """District windows whose devices have all reported, or waited long enough."""
-        out = DistrictOutbox()
+        out: list[tuple[bytes, bytes]] = []
         self.districts.tick(now_ms, out)
-        for key, value in out.records:
+        for key, value in out:
             self.outputs.add(self.topics.district_windows, key, compact(value))
             self.metrics.district_window(orjson.loads(value))
 

@@ -8,7 +8,6 @@ by (district, kind), so one partition owns each key; the closing rule is describ
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import orjson
 
@@ -25,14 +24,6 @@ from streams.stages.windows import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class DistrictOutbox:
-    records: list[tuple[bytes, bytes]] = field(default_factory=list)  # (district, record)
-
-    def clear(self) -> None:
-        self.records.clear()
 
 
 def district_message(device: Device, window: Closed) -> tuple[bytes, bytes] | None:
@@ -100,8 +91,9 @@ class Districts:
         self.states.set(state_key, state, partition)
         self.active[state_key] = partition
 
-    def tick(self, now_ms: int, out: DistrictOutbox) -> list[str]:
-        """Close what is ready; returns the state keys that changed."""
+    def tick(self, now_ms: int, out: list[tuple[bytes, bytes]]) -> list[str]:
+        """Close what is ready: its records, (district, record), are appended to ``out``;
+        returns the state keys that changed."""
         changed: list[str] = []
         done: list[str] = []
         for state_key, partition in self.active.items():
@@ -116,7 +108,7 @@ class Districts:
                 continue
             for start, window in closed:
                 record = district_window_record(district, kind, start, self.size, window)
-                out.records.append((district.encode(), orjson.dumps(record)))
+                out.append((district.encode(), orjson.dumps(record)))
                 self.metrics.windows_emitted_district.inc()
             self.states.set(state_key, state, partition)
             changed.append(state_key)
