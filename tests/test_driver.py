@@ -140,6 +140,16 @@ def test_a_restart_from_a_snapshot_mid_window_loses_nothing_and_emits_nothing_tw
     assert [(w["window_start"], w["metrics"]["co2_ppm"]["count"]) for w in windows] == [(T0, 3)]
 
 
+def test_a_partition_handed_over_keeps_its_open_windows(city: PipelineDriver) -> None:
+    city.send(reading("r1", T0 + 5 * S, 1))
+    city.send(reading("r1", T0 + 15 * S, 2))
+    city.revoke()  # a rebalance: the state is written before the partition moves...
+    city.assign([city.owner("r1")])  # ...and read back by its next owner
+    city.send(reading("r1", T0 + 80 * S, 3))
+    [window] = city.read(METRICS_DEVICE)
+    assert window["metrics"]["co2_ppm"]["count"] == 2
+
+
 def test_a_district_window_keeps_what_came_before_a_restart(city: PipelineDriver) -> None:
     rooms = ("r1", "r2", "r3")
     for minute in range(7):  # a reading a minute; a crash after the third
