@@ -19,7 +19,14 @@ from aiokafka import AIOKafkaProducer
 from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
 from streams.tools.publish import device_messages
-from streams.topics import ALERTS, DEVICES, TELEMETRY_ENRICHED, TELEMETRY_RAW
+from streams.topics import (
+    ALERTS,
+    DEVICES,
+    OCCUPANCY,
+    TELEMETRY_ENRICHED,
+    TELEMETRY_RAW,
+    topic_name,
+)
 from tests.conftest import spawn
 from tests.kafkautil import consume_records, produce_messages
 
@@ -181,7 +188,13 @@ async def test_occupancy_rule_reads_the_access_points_clients(
         await produce_messages(
             settings.broker, raw, [(c["device_id"].encode(), orjson.dumps(c)) for c in clients]
         )
-        await asyncio.sleep(3)  # the occupancy values travel to every worker first
+        # The occupancy values travel to every worker first: they are on their topic
+        # once the worker has processed the access points' readings (its start may
+        # take longer than any fixed pause on a busy machine), then its follower reads
+        # them within a fetch.
+        occupancy = topic_name(settings.topic_prefix, OCCUPANCY, settings.app_id)
+        assert len(await consume_records(settings.broker, occupancy, 2, timeout=90)) == 2
+        await asyncio.sleep(2)
         readings = [
             {
                 "device_id": room["device_id"],
