@@ -499,7 +499,7 @@ async def test_every_change_arrives_after_alertmanager_was_stopped_for_60_s(
             am.stop()
 
 
-async def test_every_alertmanager_of_the_list_gets_every_alert(
+async def test_every_alertmanager_of_the_list_gets_every_alert_and_inhibits_by_site(
     settings: Settings, tmp_path: Path
 ) -> None:
     with receiver() as ear:
@@ -510,10 +510,22 @@ async def test_every_alertmanager_of_the_list_gets_every_alert(
         await ensure_topics(settings)
         forwarder = await start_forwarder(settings, tmp_path / "forwarder.log")
         try:
-            episodes = [event(n, "firing", now_ms() - 1000) for n in range(3)]
+            start = now_ms() - 1000
+            episodes = [
+                event(0, "firing", start, "critical"),
+                event(1, "firing", start),  # a warning at the critical one's site
+                event(2, "firing", start, site="logport2"),  # a warning elsewhere
+            ]
             await write(settings, episodes)
             for am in ams:
                 await until("the episodes", lambda am=am: seen(am) == expected(episodes), 10)
+
+            def states() -> dict[str, str]:
+                return {a: alert["status"]["state"] for a, alert in ams[0].active().items()}
+
+            # The shipped inhibition: critical before warning within a site.
+            want = {"ep0000": "active", "ep0001": "suppressed", "ep0002": "active"}
+            await until("the inhibition", lambda: states() == want, 10)
         finally:
             stop(forwarder)
             for am in ams:
