@@ -77,6 +77,17 @@ def _upper_choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _url_list(raw: str) -> str:
+    """A comma-separated list of http(s) base URLs (kept as written)."""
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("expected at least one URL")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+    return raw
+
+
 def _setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
     """A field backed by ``CITYSTREAMS_<env>``; ``default`` may be a zero-argument callable."""
     meta = {"env": PREFIX + env, "doc": doc, "parse": parse}
@@ -343,6 +354,7 @@ class Settings:
         "Alertmanager(s) that `citystreams alerts forward` keeps equal to the open alert "
         "episodes and where `alerts ack` creates silences: a comma-separated list of base "
         "URLs; every one gets every alert (an HA cluster's members, as Prometheus does).",
+        _url_list,
     )
     alertmanager_resend_s: float = _setting(
         "ALERTMANAGER_RESEND_S",

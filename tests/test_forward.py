@@ -30,7 +30,7 @@ from streams.operators.episodes import (
     iso,
     labels_of,
 )
-from streams.settings import Settings
+from streams.settings import Settings, SettingsError
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 NOW = 1_795_781_000_000
@@ -123,6 +123,18 @@ def test_an_escalation_keeps_one_active_alert_per_episode() -> None:
     # Once every Alertmanager has it, the retired set is not sent again.
     assert book.settle(tracked.alert_id, NOW) is True
     assert len(tracked.alerts(NOW, RESEND, RUNBOOK)) == 1
+
+
+def test_a_de_escalation_fires_the_earlier_set_again_without_ending_it() -> None:
+    book = Book()
+    book.apply(event(), 0, 1)
+    book.apply(event(**CRITICAL), 0, 2)
+    tracked = book.apply(event(), 0, 3)  # back to warning before anything was delivered
+    assert tracked is not None
+    alerts = tracked.alerts(NOW, RESEND, RUNBOOK)
+    ended = {a["labels"]["severity"] for a in alerts if a["endsAt"] == iso(NOW)}
+    firing = [a["labels"]["severity"] for a in alerts if a["endsAt"] != iso(NOW)]
+    assert (ended, firing) == ({"critical"}, ["warning"])
 
 
 def test_a_resolved_episode_never_comes_back() -> None:
@@ -235,6 +247,8 @@ def test_alertmanager_urls_are_a_comma_separated_list() -> None:
     )
     assert settings.alertmanager_urls == ["http://am-0:9093", "http://am-1:9093"]
     assert Settings.from_env({}).alertmanager_urls == ["http://127.0.0.1:9093"]
+    with pytest.raises(SettingsError, match="CITYSTREAMS_ALERTMANAGER_URL"):
+        Settings.from_env({"CITYSTREAMS_ALERTMANAGER_URL": "am-0:9093"})
 
 
 def test_forwarder_metrics_are_named_and_labelled_as_the_workers_are() -> None:

@@ -11,6 +11,8 @@ writes it), so that dozens of episodes open, escalate and resolve on cue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import re
 import signal
 import subprocess
@@ -26,6 +28,7 @@ import orjson
 import pytest
 
 from streams.admin import ensure_topics
+from streams.operators.commands import show_acks
 from streams.produce import device_messages
 from streams.settings import Settings
 from streams.topics import ALERT_ACKS, ALERTS, DEVICES, TELEMETRY_ENRICHED, TELEMETRY_RAW
@@ -358,6 +361,14 @@ async def test_an_acknowledged_episode_is_silenced_and_gets_no_reminder(
                 settings.broker, settings.topic_prefix + ALERT_ACKS, 2, timeout=10
             )
             assert [orjson.loads(r.value)["action"] for r in records] == ["ack", "unack"]
+            # Who acknowledged what, as `alerts tail` and `up` print it.
+            shown = io.StringIO()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(show_acks(settings, shown, from_beginning=True), 8)
+            lines = shown.getvalue().splitlines()
+            assert len(lines) == 2 and "ACKED" in lines[0] and "UNACKED" in lines[1], lines
+            assert "by alice until" in lines[0] and "(window open)" in lines[0]
+            assert rooms[0]["device_id"] in lines[0]
         finally:
             stop(worker, forwarder)
             am.stop()

@@ -48,7 +48,11 @@ class Alertmanager:
             ) from None
         except (OSError, TimeoutError) as exc:  # URLError is an OSError
             raise AlertmanagerError(self.url, f"{method} {path}: {exc}", True) from None
-        return json.loads(text) if text.strip() else None
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError:
+            detail = f"{method} {path}: not JSON: {text[:80]!r}"
+            raise AlertmanagerError(self.url, detail, False) from None
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         return await asyncio.to_thread(self._request, method, path, body)

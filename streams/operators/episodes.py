@@ -219,9 +219,12 @@ class Book:
                 return None  # resolved is final: see the module's doc
             if tracked.src[0] == partition and offset <= tracked.src[1]:
                 return None  # applied before a restart
-            old = labels_of(tracked.record, tracked.parent)
-            if labels_of(record, tracked.parent) != old and old not in tracked.retired:
+            old, new = labels_of(tracked.record, tracked.parent), labels_of(record, tracked.parent)
+            if new != old and old not in tracked.retired:
                 tracked.retired.append(old)
+            # Back to a severity it had (a de-escalation): that set fires again, it
+            # must not be ended in the same post.
+            tracked.retired = [r for r in tracked.retired if r != new]
             tracked.record = record
         tracked.src = (partition, offset)
         tracked.version += 1
