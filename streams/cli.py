@@ -480,6 +480,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _alerts_parser(sub: Any) -> None:
+    """``alerts tail|forward|ack|unack`` (a function of its own: build_parser is long)."""
+    alerts = sub.add_parser(
+        "alerts",
+        help="follow alerts in the terminal; forward them to Alertmanager; acknowledge one",
+    )
+    alerts.add_argument(
+        "action",
+        choices=["tail", "forward", "ack", "unack"],
+        help="tail: print alerts and acknowledgements; forward: keep Alertmanager equal to "
+        "the open episodes; ack/unack ALERT_ID: acknowledge an episode (a silence) or undo it",
+    )
+    alerts.add_argument("alert_id", nargs="?", help="ack, unack: the episode's alert_id")
+    alerts.add_argument("--by", help="ack, unack: who (recorded and shown)")
+    alerts.add_argument("--comment", default="", help="ack: why, or what is being done")
+    alerts.add_argument(
+        "--until",
+        help="ack: silence for this long (30m, 2h, 1d; default: until the episode resolves)",
+    )
+    alerts.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest alert, not now"
+    )
+    alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
+    alerts.add_argument(
+        "--ungrouped",
+        action="store_true",
+        help="a line per alert event (default: one line per status, rule and district "
+        "for the events that arrive within 30 s)",
+    )
+    alerts.set_defaults(func=_alerts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="citystreams",
@@ -523,34 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file")
     send.set_defaults(func=_send)
 
-    alerts = sub.add_parser(
-        "alerts",
-        help="follow alerts in the terminal; forward them to Alertmanager; acknowledge one",
-    )
-    alerts.add_argument(
-        "action",
-        choices=["tail", "forward", "ack", "unack"],
-        help="tail: print alerts and acknowledgements; forward: keep Alertmanager equal to "
-        "the open episodes; ack/unack ALERT_ID: acknowledge an episode (a silence) or undo it",
-    )
-    alerts.add_argument("alert_id", nargs="?", help="ack, unack: the episode's alert_id")
-    alerts.add_argument("--by", help="ack, unack: who (recorded and shown)")
-    alerts.add_argument("--comment", default="", help="ack: why, or what is being done")
-    alerts.add_argument(
-        "--until",
-        help="ack: silence for this long (30m, 2h, 1d; default: until the episode resolves)",
-    )
-    alerts.add_argument(
-        "--from-beginning", action="store_true", help="start at the oldest alert, not now"
-    )
-    alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
-    alerts.add_argument(
-        "--ungrouped",
-        action="store_true",
-        help="a line per alert event (default: one line per status, rule and district "
-        "for the events that arrive within 30 s)",
-    )
-    alerts.set_defaults(func=_alerts)
+    _alerts_parser(sub)
 
     backtest = sub.add_parser(
         "backtest", help="replay recorded telemetry through a rule set, offline"

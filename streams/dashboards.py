@@ -342,16 +342,9 @@ def district_drilldown() -> dict[str, Any]:
 ALERTMANAGER = {"type": "alertmanager", "uid": "alertmanager"}
 
 
-def open_alerts() -> dict[str, Any]:
-    """Every open alert episode, per device, from Alertmanager (where `citystreams
-    alerts forward` keeps them), with its silenced (acknowledged) state; and the
-    forwarder's health."""
-    b = Board(
-        "citystreams-open-alerts",
-        "citystreams / Open alerts",
-        "Every open alert episode, per device, as Alertmanager holds it (citystreams alerts "
-        "forward); silenced means acknowledged (citystreams alerts ack).",
-    )
+def _alert_list(b: Board) -> None:
+    """Grafana's alert list panel over the Alertmanager data source: the alerts that
+    carry an alert_id (one per episode, from the forwarder), silenced ones included."""
     b.panels.append(
         {
             "id": len(b.panels) + 1,
@@ -384,6 +377,19 @@ def open_alerts() -> dict[str, Any]:
             },
         }
     )
+
+
+def open_alerts() -> dict[str, Any]:
+    """Every open alert episode, per device, from Alertmanager (where `citystreams
+    alerts forward` keeps them), with its silenced (acknowledged) state; and the
+    forwarder's health."""
+    b = Board(
+        "citystreams-open-alerts",
+        "citystreams / Open alerts",
+        "Every open alert episode, per device, as Alertmanager holds it (citystreams alerts "
+        "forward); silenced means acknowledged (citystreams alerts ack).",
+    )
+    _alert_list(b)
     b.panel(
         "text",
         "Acknowledged and silenced",

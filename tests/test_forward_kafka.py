@@ -287,6 +287,17 @@ async def test_a_parent_outage_with_five_children_is_one_alert(
             am.stop()
 
 
+async def shown_acks(settings: Settings, device_id: str) -> None:
+    """Who acknowledged what, as `alerts tail` and `up` print it: an ack and an unack."""
+    shown = io.StringIO()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(show_acks(settings, shown, from_beginning=True), 8)
+    lines = shown.getvalue().splitlines()
+    assert len(lines) == 2 and "ACKED" in lines[0] and "UNACKED" in lines[1], lines
+    assert "by alice until" in lines[0] and "(window open)" in lines[0]
+    assert device_id in lines[0]
+
+
 async def test_an_acknowledged_episode_is_silenced_and_gets_no_reminder(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -361,14 +372,7 @@ async def test_an_acknowledged_episode_is_silenced_and_gets_no_reminder(
                 settings.broker, settings.topic_prefix + ALERT_ACKS, 2, timeout=10
             )
             assert [orjson.loads(r.value)["action"] for r in records] == ["ack", "unack"]
-            # Who acknowledged what, as `alerts tail` and `up` print it.
-            shown = io.StringIO()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(show_acks(settings, shown, from_beginning=True), 8)
-            lines = shown.getvalue().splitlines()
-            assert len(lines) == 2 and "ACKED" in lines[0] and "UNACKED" in lines[1], lines
-            assert "by alice until" in lines[0] and "(window open)" in lines[0]
-            assert rooms[0]["device_id"] in lines[0]
+            await shown_acks(settings, rooms[0]["device_id"])
         finally:
             stop(worker, forwarder)
             am.stop()
