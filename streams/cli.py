@@ -325,6 +325,8 @@ def _acls(args: argparse.Namespace, settings: Settings) -> int:
         *security.ingest_acls(settings, args.ingest),
         *security.registry_acls(settings, args.registry),
         *security.pipeline_acls(settings, args.pipeline),
+        *security.forwarder_acls(settings, args.forwarder),
+        *security.operator_acls(settings, args.operator),
     ]
     for spec in args.consumer or []:
         user, _, rest = spec.partition(":")
@@ -632,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     acls.add_argument("--pipeline", default="pipeline", help="the workers' SCRAM user")
     acls.add_argument("--ingest", default="ingest", help="the telemetry senders' SCRAM user")
     acls.add_argument("--registry", default="registry", help="the registry publisher's user")
+    acls.add_argument("--forwarder", default="forwarder", help="alerts forward's SCRAM user")
+    acls.add_argument("--operator", default="operator", help="alerts ack/unack's SCRAM user")
     acls.add_argument(
         "--consumer",
         action="append",

@@ -287,3 +287,22 @@ def test_ack_errors_are_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("citystreams: ") and err.count("\n") == 1
+
+
+def test_the_forwarder_and_operators_get_only_what_they_use() -> None:
+    from streams.security import Operation, forwarder_acls, operator_acls
+
+    s = Settings.from_env({"CITYSTREAMS_TOPIC_PREFIX": "dev.", "CITYSTREAMS_APP_ID": "cs"})
+    assert {(a.resource, a.operation) for a in forwarder_acls(s, "fwd")} == {
+        ("dev.alerts", Operation.READ),
+        ("dev.devices", Operation.READ),
+        ("dev.cs.state.forwarder", Operation.READ),
+        ("dev.cs.state.forwarder", Operation.WRITE),
+        ("cs.alerts-forward", Operation.READ),
+    }
+    assert {(a.resource, a.operation) for a in operator_acls(s, "ops")} == {
+        ("dev.cs.state.forwarder", Operation.READ),
+        ("dev.alerts.acks", Operation.WRITE),
+        ("dev.alerts.acks", Operation.READ),
+        ("dev.alerts", Operation.READ),
+    }
