@@ -75,6 +75,7 @@ def test_every_alert_has_for_severity_summary_and_a_runbook_in_the_readme() -> N
 
 def test_rules_read_only_metrics_the_workers_export() -> None:
     exported = exported_names(Metrics().registry) | {"up"}
+    exported |= exported_names(ForwarderMetrics().registry)  # the alerts forwarder's
     recorded = {r["record"] for r in rules() if "record" in r}
     for rule in rules():
         for name in re.findall(
