@@ -514,7 +514,7 @@ async def test_every_change_arrives_after_alertmanager_was_stopped_for_60_s(
             am.stop()
 
 
-async def test_every_alertmanager_of_the_list_gets_every_alert_and_inhibits_by_site(
+async def test_every_alertmanager_of_the_list_gets_every_alert_inhibition_and_silence(
     settings: Settings, tmp_path: Path
 ) -> None:
     with receiver() as ear:
@@ -541,6 +541,18 @@ async def test_every_alertmanager_of_the_list_gets_every_alert_and_inhibits_by_s
             # The shipped inhibition: critical before warning within a site.
             want = {"ep0000": "active", "ep0001": "suppressed", "ep0002": "active"}
             await until("the inhibition", lambda: states() == want, 10)
+            # An acknowledgement silences the episode in both; its resolution expires both.
+            done = cli(settings, "alerts", "ack", "ep0002", "--by", "bob")
+            assert done.returncode == 0, done
+            for am in ams:
+                assert "ep0002" in am.amtool("-o", "extended", "silence", "query")
+            await write(settings, [event(2, "resolved", start, site="logport2")])
+            for am in ams:
+                await until(
+                    "the silence to expire",
+                    lambda am=am: "ep0002" not in am.amtool("-o", "extended", "silence", "query"),
+                    10,
+                )
         finally:
             stop(forwarder)
             for am in ams:
