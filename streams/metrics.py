@@ -223,7 +223,57 @@ class Metrics:
         child.inc()
 
 
-def serve(metrics: Metrics, bind: str, port: int, tries: int = 16) -> tuple[WSGIServer, int]:
+class ForwarderMetrics:
+    """The metrics of ``citystreams alerts forward`` (its own process and registry).
+
+    Labels: ``alertmanager`` (a URL of CITYSTREAMS_ALERTMANAGER_URL, a set the operator
+    configures) and ``reason`` (``unreachable`` or ``rejected``): never a device or an
+    alert id."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.events = Counter(
+            f"{PREFIX}_forwarder_events_total",
+            "Alert events read from the alerts topic by the forwarder.",
+            registry=r,
+        )
+        self.posted = Counter(
+            f"{PREFIX}_forwarder_alerts_posted_total",
+            "Alerts an Alertmanager accepted (POST /api/v2/alerts), resends included.",
+            ["alertmanager"],
+            registry=r,
+        )
+        self.failed = Counter(
+            f"{PREFIX}_forwarder_post_failures_total",
+            "Requests to an Alertmanager that failed: unreachable (retried with backoff) "
+            "or rejected (a 4xx: not retried).",
+            ["alertmanager", "reason"],
+            registry=r,
+        )
+        self.open = Gauge(
+            f"{PREFIX}_forwarder_episodes_open",
+            "Open alert episodes the forwarder keeps in Alertmanager.",
+            registry=r,
+        )
+        self.assigned = Gauge(
+            f"{PREFIX}_forwarder_partitions_assigned",
+            "Partitions of the alerts topic this forwarder reads (0: not reading yet, or "
+            "another forwarder of the group has them).",
+            registry=r,
+        )
+        self.oldest_unsent = Gauge(
+            f"{PREFIX}_forwarder_oldest_unsent_change_seconds",
+            "Age of the oldest episode change not yet delivered to an Alertmanager (0: none).",
+            ["alertmanager"],
+            registry=r,
+        )
+
+
+def serve(
+    metrics: Metrics | ForwarderMetrics, bind: str, port: int, tries: int = 16
+) -> tuple[WSGIServer, int]:
     """Serve ``/metrics`` on the first free port from ``port`` (0: any free port)."""
     last: OSError | None = None
     candidates = [0] if port == 0 else range(port, min(port + tries, 65536))

@@ -77,6 +77,17 @@ def _upper_choice(*options: str) -> Callable[[str], str]:
     return parse
 
 
+def _url_list(raw: str) -> str:
+    """A comma-separated list of http(s) base URLs (kept as written)."""
+    urls = [u.strip() for u in raw.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("expected at least one URL")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected http:// or https:// URLs, got {url!r}")
+    return raw
+
+
 def _setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
     """A field backed by ``CITYSTREAMS_<env>``; ``default`` may be a zero-argument callable."""
     meta = {"env": PREFIX + env, "doc": doc, "parse": parse}
@@ -336,6 +347,48 @@ class Settings:
         "empty: the shipped rules. A file that cannot be used stops the worker at start.",
     )
 
+    # --- operators: the Alertmanager forwarder and acknowledgements ---------------
+    alertmanager_url: str = _setting(
+        "ALERTMANAGER_URL",
+        "http://127.0.0.1:9093",
+        "Alertmanager(s) that `citystreams alerts forward` keeps equal to the open alert "
+        "episodes and where `alerts ack` creates silences: a comma-separated list of base "
+        "URLs; every one gets every alert (an HA cluster's members, as Prometheus does).",
+        _url_list,
+    )
+    alertmanager_resend_s: float = _setting(
+        "ALERTMANAGER_RESEND_S",
+        60.0,
+        "How often the forwarder posts every firing episode again (Prometheus's "
+        "`resend_delay`); each post says it ends 4 times this later, so it must stay "
+        "shorter than Alertmanager's `resolve_timeout` (5 m) over 4.",
+        _positive_float,
+    )
+    alertmanager_timeout_s: float = _setting(
+        "ALERTMANAGER_TIMEOUT_S",
+        5.0,
+        "Timeout of one request to an Alertmanager (s).",
+        _positive_float,
+    )
+    alertmanager_retry_max_s: float = _setting(
+        "ALERTMANAGER_RETRY_MAX_S",
+        30.0,
+        "Longest wait between retries to an Alertmanager that does not answer "
+        "(exponential backoff from 0.5 s); changes wait, none is dropped.",
+        _positive_float,
+    )
+    forwarder_metrics_port: int = _setting(
+        "FORWARDER_METRICS_PORT",
+        9109,
+        "Port of the forwarder's `/metrics` (on `CITYSTREAMS_BIND`); 0 picks any free port.",
+        _port,
+    )
+    runbook_base: str = _setting(
+        "RUNBOOK_BASE",
+        "https://github.com/citystreams/citystreams/blob/main/README.md",
+        "Where the `runbook_url` annotation of forwarded alerts points (`#anchor` added).",
+    )
+
     def __post_init__(self) -> None:
         if self.district_window_s % self.window_s:
             raise SettingsError(
@@ -419,6 +472,11 @@ class Settings:
         }
 
     # --- derived values ------------------------------------------------------------
+    @property
+    def alertmanager_urls(self) -> list[str]:
+        """The Alertmanagers, without trailing slashes."""
+        return [u.strip().rstrip("/") for u in self.alertmanager_url.split(",") if u.strip()]
+
     @property
     def broker_port(self) -> int:
         host_port = self.broker.split(",")[0]

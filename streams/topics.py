@@ -28,6 +28,9 @@ CONTRACT_TOPICS: tuple[str, ...] = (
 # Additive to the contract: every valid reading with its registry data, for downstream
 # services that want readings rather than windows (documented in schemas/).
 TELEMETRY_ENRICHED = "telemetry.enriched"
+# Additive to the contract, compacted: operators' acknowledgements of alert episodes,
+# keyed by alert_id (`citystreams alerts ack`; schemas/alert-ack.schema.json).
+ALERT_ACKS = "alerts.acks"
 # Internal: readings of gateway batches forwarded to their device's partition.
 TELEMETRY_BY_DEVICE = "telemetry.bydevice"
 # Internal: closed device windows, keyed by (district, kind), for the district stage.
@@ -42,6 +45,10 @@ LIVENESS_BY_ROOT = "liveness.byroot"
 STATE_LIVENESS = "state.liveness"
 # Internal, compacted, read whole by every worker: devices' latest occupancy values.
 OCCUPANCY = "occupancy.latest"
+# Internal, compacted: the Alertmanager forwarder's open episodes, keyed by alert_id
+# (streams/operators/forwarder.py), so a restarted forwarder knows them without the
+# retention of `alerts`.
+STATE_FORWARDER = "state.forwarder"
 
 
 COMPACTED: tuple[str, ...] = (
@@ -51,6 +58,8 @@ COMPACTED: tuple[str, ...] = (
     STATE_ALERTS,
     STATE_LIVENESS,
     OCCUPANCY,
+    ALERT_ACKS,
+    STATE_FORWARDER,
 )
 # Partition p of each of these holds the same keys' data: one count for all of them.
 COPARTITIONED: tuple[str, ...] = (
@@ -76,9 +85,10 @@ INTERNAL: tuple[str, ...] = (
     LIVENESS_BY_ROOT,
     STATE_LIVENESS,
     OCCUPANCY,
+    STATE_FORWARDER,
 )
 
-ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, *INTERNAL)
+ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, ALERT_ACKS, *INTERNAL)
 
 
 @dataclass(frozen=True, slots=True)

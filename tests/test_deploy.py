@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.metrics import Metrics, exported_names
+from streams.metrics import ForwarderMetrics, Metrics, exported_names
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -75,6 +75,7 @@ def test_every_alert_has_for_severity_summary_and_a_runbook_in_the_readme() -> N
 
 def test_rules_read_only_metrics_the_workers_export() -> None:
     exported = exported_names(Metrics().registry) | {"up"}
+    exported |= exported_names(ForwarderMetrics().registry)  # the alerts forwarder's
     recorded = {r["record"] for r in rules() if "record" in r}
     for rule in rules():
         for name in re.findall(
@@ -93,6 +94,52 @@ def test_alertmanager_config_routes_by_severity() -> None:
     ):
         out = run(tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels)
         assert out.strip().splitlines()[0] == receiver, (labels, out)
+
+
+def test_alertmanager_routes_and_inhibits_forwarded_episodes() -> None:
+    config = DEPLOY / "alertmanager" / "alertmanager.yml"
+    episode = ["alert_id=b7c1e2f04a9d4c1e", "device_id=dui-mitte-gs017-r12-air", "site=gs017"]
+    for labels, receiver in (
+        (["alertname=classroom_co2_critical", "severity=critical", *episode], "on-call"),
+        (["alertname=classroom_co2_high", "severity=warning", *episode], "operations-centre"),
+    ):
+        out = run(tool("amtool"), "config", "routes", "test", f"--config.file={config}", *labels)
+        assert out.strip().splitlines()[0] == receiver, (labels, out)
+    inhibit = yaml.safe_load(config.read_text())["inhibit_rules"]
+    # Critical before warning within a site, for episodes only (they carry alert_id).
+    assert {
+        "source_matchers": ['severity="critical"', 'alert_id=~".+"'],
+        "target_matchers": ['severity="warning"', 'alert_id=~".+"'],
+        "equal": ["district", "site"],
+    } in inhibit
+
+
+def test_the_forwarder_runs_in_compose_and_kubernetes_with_its_alertmanager() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    forwarder = compose["services"]["alerts-forwarder"]
+    assert forwarder["command"] == ["alerts", "forward"]
+    assert forwarder["environment"]["CITYSTREAMS_ALERTMANAGER_URL"] == "http://alertmanager:9093"
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "forwarder.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 1  # one member of its consumer group
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["alerts", "forward"]
+    scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+    assert "alerts-forwarder:9109" in str(scrape)
+    source = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "alertmanager.yml").read_text()
+    )["datasources"][0]
+    assert (source["type"], source["uid"]) == ("alertmanager", "alertmanager")
+
+
+def test_the_open_alerts_dashboard_lists_alertmanagers_alerts() -> None:
+    from streams.tools.dashboards import open_alerts
+
+    board = open_alerts()
+    (alertlist,) = [p for p in board["panels"] if p["type"] == "alertlist"]
+    assert alertlist["datasource"]["uid"] == "alertmanager"
+    assert alertlist["options"]["alertInstanceLabelFilter"] == '{alert_id=~".+"}'
+    assert board["title"] == "citystreams / Open alerts"
 
 
 @pytest.mark.parametrize(
@@ -117,6 +164,7 @@ def test_dashboards_read_only_metrics_that_exist() -> None:
     from streams.tools.dashboards import DASHBOARDS, expressions
 
     exported = exported_names(Metrics().registry) | {"up"}
+    exported |= exported_names(ForwarderMetrics().registry)
     recorded = {r["record"] for r in rules() if "record" in r}
     seen = set()
     for build in DASHBOARDS.values():

@@ -14,12 +14,14 @@ from enum import IntEnum
 from streams.kafka.clients import SecurityError, client_kwargs
 from streams.settings import Settings
 from streams.topics import (
+    ALERT_ACKS,
     ALERTS,
     DEADLETTER,
     DEVICES,
     INTERNAL,
     METRICS_DEVICE,
     METRICS_DISTRICT,
+    STATE_FORWARDER,
     TELEMETRY_ENRICHED,
     TELEMETRY_RAW,
     topic_name,
@@ -173,6 +175,36 @@ def pipeline_acls(settings: Settings, user: str) -> list[Acl]:
     return acls
 
 
+def forwarder_acls(settings: Settings, user: str) -> list[Acl]:
+    """`citystreams alerts forward`: read alerts (in its own group) and the registry
+    (the parent label), keep its episodes on its own state topic."""
+    return [
+        _topic(user, settings, ALERTS, Operation.READ, "alert events to forward"),
+        _topic(user, settings, DEVICES, Operation.READ, "the registry, for the parent label"),
+        _topic(user, settings, STATE_FORWARDER, Operation.READ, "its episodes, at start"),
+        _topic(user, settings, STATE_FORWARDER, Operation.WRITE, "its episodes"),
+        Acl(
+            _user(user),
+            ResourceType.GROUP,
+            f"{settings.app_id}.alerts-forward",
+            PatternType.LITERAL,
+            Operation.READ,
+            "the forwarder's consumer group",
+        ),
+    ]
+
+
+def operator_acls(settings: Settings, user: str) -> list[Acl]:
+    """Operators' `citystreams alerts ack`/`unack`/`tail`: which episodes are open (the
+    forwarder's state), acknowledgements written and followed, alerts followed."""
+    return [
+        _topic(user, settings, STATE_FORWARDER, Operation.READ, "is the episode open"),
+        _topic(user, settings, ALERT_ACKS, Operation.WRITE, "acknowledge"),
+        _topic(user, settings, ALERT_ACKS, Operation.READ, "alerts tail: who acknowledged"),
+        _topic(user, settings, ALERTS, Operation.READ, "alerts tail"),
+    ]
+
+
 def consumer_acls(
     settings: Settings, user: str, topics: Sequence[str], group: str | None
 ) -> list[Acl]:
@@ -203,6 +235,8 @@ def example_acls(settings: Settings) -> list[Acl]:
         *ingest_acls(settings, "ingest"),
         *registry_acls(settings, "registry"),
         *pipeline_acls(settings, "pipeline"),
+        *forwarder_acls(settings, "forwarder"),
+        *operator_acls(settings, "operator"),
         *consumer_acls(settings, "dashboard", [METRICS_DISTRICT, ALERTS], "dashboard"),
     ]
 

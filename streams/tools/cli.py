@@ -328,6 +328,8 @@ def _acls(args: argparse.Namespace, settings: Settings) -> int:
         *model.ingest_acls(settings, args.ingest),
         *model.registry_acls(settings, args.registry),
         *model.pipeline_acls(settings, args.pipeline),
+        *model.forwarder_acls(settings, args.forwarder),
+        *model.operator_acls(settings, args.operator),
     ]
     for spec in args.consumer or []:
         user, _, rest = spec.partition(":")
@@ -374,16 +376,60 @@ def _print_topic(
 
 def _alerts(args: argparse.Namespace, settings: Settings) -> int:
     """Alert events as they happen: a line per group of one status, rule and district
-    within 30 s of arrival (streams/tools/floods.py), or a line each with ``--ungrouped``."""
+    within 30 s of arrival (streams/tools/floods.py), or a line each with ``--ungrouped``;
+    acknowledgements as they are made. ``forward``, ``ack`` and ``unack``: see
+    streams/operators/."""
+    from streams.operators.commands import with_acks
     from streams.tools.demo import show_alerts
     from streams.tools.floods import AlertGroups
 
+    if args.action != "tail":
+        return _operators(args, settings)
     groups = AlertGroups(ungrouped=args.ungrouped)
-    asyncio.run(
-        show_alerts(
-            settings, sys.stdout, groups, from_beginning=args.from_beginning, count=args.count
-        )
+    view = show_alerts(
+        settings, sys.stdout, groups, from_beginning=args.from_beginning, count=args.count
     )
+
+    async def run() -> None:
+        await with_acks(
+            settings, sys.stdout, asyncio.ensure_future(view), from_beginning=args.from_beginning
+        )
+
+    asyncio.run(run())
+    return 0
+
+
+def _operators(args: argparse.Namespace, settings: Settings) -> int:
+    """``alerts forward``, ``alerts ack ID``, ``alerts unack ID``."""
+    from streams.operators.acks import parse_until
+    from streams.operators.commands import AckError, acknowledge, unacknowledge
+    from streams.operators.forwarder import run_forwarder
+
+    if args.action == "forward":
+        return run_forwarder(settings)
+    if not args.alert_id or not args.by:
+        print(f"citystreams: alerts {args.action} needs ALERT_ID and --by NAME", file=sys.stderr)
+        return 2
+    try:
+        until = parse_until(args.until) if args.until else None
+        if args.action == "ack":
+            work = acknowledge(
+                settings,
+                args.alert_id,
+                by=args.by,
+                comment=args.comment,
+                until_ms=until,
+                out=sys.stdout,
+            )
+        else:
+            work = unacknowledge(settings, args.alert_id, by=args.by, out=sys.stdout)
+        asyncio.run(work)
+    except ValueError as exc:
+        print(f"citystreams: {exc}", file=sys.stderr)
+        return 2
+    except AckError as exc:
+        print(f"citystreams: {exc}", file=sys.stderr)
+        return exc.code
     return 0
 
 
@@ -440,6 +486,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _alerts_parser(sub: Any) -> None:
+    """``alerts tail|forward|ack|unack`` (a function of its own: build_parser is long)."""
+    alerts = sub.add_parser(
+        "alerts",
+        help="follow alerts in the terminal; forward them to Alertmanager; acknowledge one",
+    )
+    alerts.add_argument(
+        "action",
+        choices=["tail", "forward", "ack", "unack"],
+        help="tail: print alerts and acknowledgements; forward: keep Alertmanager equal to "
+        "the open episodes; ack/unack ALERT_ID: acknowledge an episode (a silence) or undo it",
+    )
+    alerts.add_argument("alert_id", nargs="?", help="ack, unack: the episode's alert_id")
+    alerts.add_argument("--by", help="ack, unack: who (recorded and shown)")
+    alerts.add_argument("--comment", default="", help="ack: why, or what is being done")
+    alerts.add_argument(
+        "--until",
+        help="ack: silence for this long (30m, 2h, 1d; default: until the episode resolves)",
+    )
+    alerts.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest alert, not now"
+    )
+    alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
+    alerts.add_argument(
+        "--ungrouped",
+        action="store_true",
+        help="a line per alert event (default: one line per status, rule and district "
+        "for the events that arrive within 30 s)",
+    )
+    alerts.set_defaults(func=_alerts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="citystreams",
@@ -483,19 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file")
     send.set_defaults(func=_send)
 
-    alerts = sub.add_parser("alerts", help="follow the alerts topic in the terminal")
-    alerts.add_argument("action", choices=["tail"])
-    alerts.add_argument(
-        "--from-beginning", action="store_true", help="start at the oldest alert, not now"
-    )
-    alerts.add_argument("--count", type=int, default=0, help="stop after this many alerts")
-    alerts.add_argument(
-        "--ungrouped",
-        action="store_true",
-        help="a line per alert event (default: one line per status, rule and district "
-        "for the events that arrive within 30 s)",
-    )
-    alerts.set_defaults(func=_alerts)
+    _alerts_parser(sub)
 
     backtest = sub.add_parser(
         "backtest", help="replay recorded telemetry through a rule set, offline"
@@ -572,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     acls.add_argument("--pipeline", default="pipeline", help="the workers' SCRAM user")
     acls.add_argument("--ingest", default="ingest", help="the telemetry senders' SCRAM user")
     acls.add_argument("--registry", default="registry", help="the registry publisher's user")
+    acls.add_argument("--forwarder", default="forwarder", help="alerts forward's SCRAM user")
+    acls.add_argument("--operator", default="operator", help="alerts ack/unack's SCRAM user")
     acls.add_argument(
         "--consumer",
         action="append",

@@ -339,10 +339,127 @@ def district_drilldown() -> dict[str, Any]:
     return b.json()
 
 
+ALERTMANAGER = {"type": "alertmanager", "uid": "alertmanager"}
+
+
+def _alert_list(b: Board) -> None:
+    """Grafana's alert list panel over the Alertmanager data source: the alerts that
+    carry an alert_id (one per episode, from the forwarder), silenced ones included."""
+    b.panels.append(
+        {
+            "id": len(b.panels) + 1,
+            "type": "alertlist",
+            "title": "Open alert episodes",
+            "description": "One alert per episode: rule, severity, device, kind, district, "
+            "site, parent. Silenced alerts are acknowledged ones; `citystreams alerts ack "
+            "<alert_id> --by <you>` acknowledges.",
+            "datasource": ALERTMANAGER,
+            "gridPos": b._place(24, 14),
+            "targets": [],
+            "options": {
+                "viewMode": "list",
+                "groupMode": "default",
+                "groupBy": [],
+                "maxItems": 500,
+                "sortOrder": 3,  # by importance: critical first
+                "dashboardAlerts": False,
+                "alertName": "",
+                "alertInstanceLabelFilter": '{alert_id=~".+"}',
+                "datasource": "Alertmanager",
+                "showInstances": True,
+                "stateFilter": {
+                    "firing": True,
+                    "pending": True,
+                    "noData": False,
+                    "normal": False,
+                    "error": True,
+                },
+            },
+        }
+    )
+
+
+def open_alerts() -> dict[str, Any]:
+    """Every open alert episode, per device, from Alertmanager (where `citystreams
+    alerts forward` keeps them), with its silenced (acknowledged) state; and the
+    forwarder's health."""
+    b = Board(
+        "citystreams-open-alerts",
+        "citystreams / Open alerts",
+        "Every open alert episode, per device, as Alertmanager holds it (citystreams alerts "
+        "forward); silenced means acknowledged (citystreams alerts ack).",
+    )
+    _alert_list(b)
+    b.panel(
+        "text",
+        "Acknowledged and silenced",
+        [],
+        w=24,
+        h=3,
+        options={
+            "mode": "markdown",
+            "content": "Every episode with its state (active, or suppressed: acknowledged "
+            "or inhibited) and its silences: [Alert groups of the Alertmanager data "
+            "source](/alerting/groups?alertmanager=Alertmanager&groupBy=alertname"
+            "&groupBy=district).",
+        },
+    )
+    for severity, colour in (("critical", "red"), ("warning", "orange"), ("info", "blue")):
+        b.panel(
+            "stat",
+            f"Open {severity} episodes",
+            [(f'sum(citystreams_alert_episodes_active{{severity="{severity}"}}) or vector(0)', "")],
+            w=6,
+            h=4,
+            options={"colorMode": "background", "graphMode": "none"},
+            color=colour,
+        )
+    b.panel(
+        "stat",
+        "Episodes in Alertmanager",
+        [("sum(citystreams_forwarder_episodes_open) or vector(0)", "")],
+        w=6,
+        h=4,
+        description="Open episodes the forwarder keeps in Alertmanager; equals the sum of "
+        "the three before it when the forwarder is up to date.",
+    )
+    b.panel(
+        "timeseries",
+        "Oldest change not yet in Alertmanager",
+        [
+            (
+                "max by (alertmanager) (citystreams_forwarder_oldest_unsent_change_seconds)",
+                "{{alertmanager}}",
+            )
+        ],
+        unit="s",
+        description="0 when every Alertmanager has every change; grows while one cannot be "
+        "reached (the forwarder retries with backoff and drops nothing).",
+    )
+    b.panel(
+        "timeseries",
+        "Alerts posted and failed posts",
+        [
+            (
+                "sum by (alertmanager) (rate(citystreams_forwarder_alerts_posted_total[5m]))",
+                "posted {{alertmanager}}",
+            ),
+            (
+                "sum by (alertmanager, reason) "
+                "(rate(citystreams_forwarder_post_failures_total[5m]))",
+                "failed {{alertmanager}} {{reason}}",
+            ),
+        ],
+        unit="ops",
+    )
+    return b.json()
+
+
 DASHBOARDS = {
     "city-overview.json": city_overview,
     "pipeline-health.json": pipeline_health,
     "district-drilldown.json": district_drilldown,
+    "open-alerts.json": open_alerts,
 }
 
 

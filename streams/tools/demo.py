@@ -352,9 +352,13 @@ async def live_view(
 ) -> None:
     """Alerts as they fire and resolve (grouped: see :mod:`streams.tools.floods`), and a
     status line every few seconds."""
+    from streams.operators.commands import show_acks
+
     task = asyncio.ensure_future(
         show_alerts(settings, out, groups or AlertGroups(), prefix="  alert  ")
     )
+    # Who acknowledged what (`citystreams alerts ack`), as it happens.
+    acks = asyncio.ensure_future(show_acks(settings, out, prefix="  ack    "))
     last: dict[str, float] = {}
     last_t = time.monotonic()
     try:
@@ -379,7 +383,8 @@ async def live_view(
             last, last_t = m, t
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        acks.cancel()
+        await asyncio.gather(task, acks, return_exceptions=True)
 
 
 def spawn_worker(settings: Settings, log_path: str) -> subprocess.Popen[bytes]:
