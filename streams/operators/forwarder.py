@@ -32,7 +32,6 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -42,7 +41,8 @@ from streams.kafka.clients import client_kwargs
 from streams.metrics import ForwarderMetrics, serve
 from streams.operators.alertmanager import Alertmanager, AlertmanagerError
 from streams.operators.episodes import Book, Outbox, Tracked, check_event
-from streams.runtime.changelogs import read_to_end
+from streams.runtime.changelogs import read_whole
+from streams.runtime.followers import Follower
 from streams.settings import Settings
 from streams.stages.enrich import Registry
 from streams.topics import ALERTS, DEVICES, STATE_FORWARDER, topic_name
@@ -65,45 +65,16 @@ def state_topic(settings: Settings) -> str:
     return topic_name(settings.topic_prefix, STATE_FORWARDER, settings.app_id)
 
 
-async def read_whole(
-    settings: Settings, topic: str, apply: Callable[[Any], object]
-) -> dict[TopicPartition, int]:
-    """Every record of ``topic`` up to its end as of now, to ``apply``; returns the
-    positions reached (to follow it from there)."""
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions: set[int] | None = None
-        for _ in range(50):  # a topic just created may take a moment to show up
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            await asyncio.sleep(0.2)
-        if not partitions:
-            return {}
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-
-        def each(_: TopicPartition, records: list[Any]) -> None:
-            for record in records:
-                apply(record)
-
-        await read_to_end(consumer, tps, each)
-        return {tp: await consumer.position(tp) for tp in tps}
-    finally:
-        await consumer.stop()
-
-
 async def load_book(settings: Settings) -> Book:
     """The forwarder's episodes as its state topic holds them."""
     book = Book()
 
-    def apply(record: Any) -> None:
-        if record.key is not None:
-            book.restore(record.key, record.value)
+    def apply(_: TopicPartition, records: list[Any]) -> None:
+        for record in records:
+            if record.key is not None:
+                book.restore(record.key, record.value)
 
-    await read_whole(settings, state_topic(settings), apply)
+    await read_whole(settings, state_topic(settings), apply, wait_s=10.0)
     return book
 
 
@@ -113,6 +84,10 @@ class Forwarder:
         self.metrics = metrics if metrics is not None else ForwarderMetrics()
         self.book = Book()
         self.registry = Registry()
+        # for the ``parent`` label of new episodes
+        self.registry_follower = Follower(
+            settings, topic_name(settings.topic_prefix, DEVICES), self.registry.apply, wait_s=10.0
+        )
         self.managers = [
             Alertmanager(url, settings.alertmanager_timeout_s) for url in settings.alertmanager_urls
         ]
@@ -206,26 +181,6 @@ class Forwarder:
         finally:
             await consumer.stop()
 
-    async def follow_registry(self, positions: dict[TopicPartition, int]) -> None:
-        """The device registry, for the ``parent`` label of new episodes."""
-        if not positions:
-            return
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self.settings), group_id=None, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            consumer.assign(list(positions))
-            for tp, offset in positions.items():
-                consumer.seek(tp, offset)
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for r in records:
-                        self.registry.apply(r.key, r.value)
-        finally:
-            await consumer.stop()
-
     # --- output ------------------------------------------------------------------
     async def deliver(self, manager: Alertmanager) -> None:
         """Post what ``manager``'s outbox holds; retry failures with backoff."""
@@ -315,17 +270,13 @@ class Forwarder:
             await asyncio.sleep(1)
 
     async def run(self) -> None:
-        positions = await read_whole(
-            self.settings,
-            topic_name(self.settings.topic_prefix, DEVICES),
-            lambda r: self.registry.apply(r.key, r.value),
-        )
+        await self.registry_follower.load()
         await self.restore()
         self.producer = AIOKafkaProducer(**client_kwargs(self.settings), acks="all")
         await self.producer.start()
         tasks = [
             asyncio.ensure_future(self.consume()),
-            asyncio.ensure_future(self.follow_registry(positions)),
+            asyncio.ensure_future(self.registry_follower.follow()),
             asyncio.ensure_future(self.resend()),
             asyncio.ensure_future(self.report()),
             *(asyncio.ensure_future(self.deliver(m)) for m in self.managers),

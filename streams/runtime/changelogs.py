@@ -3,12 +3,14 @@ followed topics (registry, occupancy) at start."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka.clients import client_kwargs
+from streams.runtime.internals import refresh_metadata
 from streams.settings import Settings
 from streams.state import Records
 
@@ -29,6 +31,51 @@ async def read_to_end(
             apply(tp, records)
 
 
+def whole_topic_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of no group that reads committed records from the beginning: for
+    topics every reader needs whole, and nothing about which should be committed."""
+    return AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        # Exactly-once: a record of an aborted transaction (a worker killed
+        # mid-checkpoint) is not state. Without transactions this reads the same.
+        isolation_level="read_committed",
+    )
+
+
+async def read_whole(
+    settings: Settings,
+    topic: str,
+    apply: Callable[[TopicPartition, list[Any]], None],
+    wait_s: float | None = None,
+) -> dict[TopicPartition, int]:
+    """Every record of every partition of ``topic``, up to its end as of now, to
+    ``apply``; returns the positions reached (to follow it from there). A topic that
+    does not exist yet is waited for: ``wait_s`` at most (None: until it does; then
+    nothing is read and the positions are empty)."""
+    consumer = whole_topic_consumer(settings)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        give_up = None if wait_s is None else loop.time() + wait_s
+        while True:  # a topic just created takes a moment to show up in the metadata
+            await refresh_metadata(consumer)
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                break
+            if give_up is not None and loop.time() > give_up:
+                return {}
+            await asyncio.sleep(0.2)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await read_to_end(consumer, tps, apply)
+        return {tp: await consumer.position(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
 async def load_partitions(
     settings: Settings, topic: str, partitions: Iterable[int]
 ) -> dict[int, Records]:
@@ -38,15 +85,7 @@ async def load_partitions(
     out: dict[int, Records] = {p: [] for p in wanted}
     if not wanted:
         return out
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        # Exactly-once: state of a transaction that was aborted (a worker killed
-        # mid-checkpoint) is not state. Without transactions this reads the same.
-        isolation_level="read_committed",
-    )
+    consumer = whole_topic_consumer(settings)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in wanted]

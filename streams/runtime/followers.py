@@ -3,17 +3,14 @@ registry, and the latest occupancy values that rules compare against)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
-from streams.kafka.clients import client_kwargs
 from streams.messages import OccupancyValues
-from streams.runtime.changelogs import read_to_end
-from streams.runtime.internals import refresh_metadata
+from streams.runtime.changelogs import read_whole, whole_topic_consumer
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,22 +49,15 @@ class Follower:
         apply: Callable[[bytes | None, bytes | None], str | None],
         on_error: Callable[[], None] | None = None,
         after: Callable[[], None] | None = None,
+        wait_s: float | None = None,
     ):
         self.settings = settings
         self.topic = topic
         self.apply = apply
         self.on_error = on_error
         self.after = after
+        self.wait_s = wait_s  # for the topic to exist (None: as long as it takes)
         self.positions: dict[TopicPartition, int] = {}
-
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            **client_kwargs(self.settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",  # occupancy is written in transactions
-        )
 
     def _apply(self, tp: TopicPartition, records: list[Any]) -> None:
         for record in records:
@@ -84,26 +74,12 @@ class Follower:
             self.after()
 
     async def load(self) -> None:
-        consumer = self._consumer()
-        await consumer.start()
-        try:
-            partitions: set[int] | None = None
-            while not partitions:
-                await refresh_metadata(consumer)
-                partitions = consumer.partitions_for_topic(self.topic)
-                if not partitions:
-                    await asyncio.sleep(0.2)
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            self.positions = {tp: 0 for tp in tps}
-            await read_to_end(consumer, tps, self._apply)
-            for tp in tps:
-                self.positions[tp] = await consumer.position(tp)
-        finally:
-            await consumer.stop()
+        self.positions = await read_whole(self.settings, self.topic, self._apply, self.wait_s)
 
     async def follow(self) -> None:
-        consumer = self._consumer()
+        if not self.positions:
+            return  # (the topic did not exist within wait_s: nothing to follow)
+        consumer = whole_topic_consumer(self.settings)
         await consumer.start()
         try:
             consumer.assign(list(self.positions))
