@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,8 +82,8 @@ def env_for(settings: Settings) -> dict[str, str]:
     return env
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``citystreams <args>`` with ``settings``, run to its end (a minute at most)."""
+def cli(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``citystreams <args>`` with ``settings``, run to its end (``timeout`` s at most)."""
     return subprocess.run(
         [sys.executable, "-m", "streams", *args],
         env=env_for(settings),
@@ -88,8 +91,24 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         cwd=ROOT,
         check=False,
-        timeout=60,
+        timeout=timeout,
     )
+
+
+async def until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    """``check()`` (in a thread) until it returns something true; an OSError counts as
+    not yet (a daemon still starting). Fails the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await asyncio.to_thread(check)
+            if last:
+                return last
+        except OSError:
+            pass
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def spawn(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:

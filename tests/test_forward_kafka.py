@@ -16,10 +16,8 @@ import io
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from streams.settings import Settings
 from streams.tools.publish import device_messages
 from streams.topics import ALERT_ACKS, ALERTS, DEVICES, TELEMETRY_ENRICHED, TELEMETRY_RAW
 from tests.amutil import Alertmanager, config, receiver
-from tests.conftest import env_for, free_port, spawn
+from tests.conftest import cli, free_port, spawn, until
 from tests.kafkautil import consume_records, produce_messages
 
 pytestmark = pytest.mark.kafka
@@ -70,20 +68,6 @@ def sample(text: str, name: str) -> float:
     return sum(
         float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
     )
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = await asyncio.to_thread(check)
-            if last:
-                return last
-        except OSError:
-            pass
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 async def start_forwarder(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -124,18 +108,6 @@ def stop(*procs: subprocess.Popen[bytes] | None) -> None:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env_for(settings),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def co2_readings(room: str, start: int, minutes: float, ppm: float) -> list[tuple[bytes, bytes]]:

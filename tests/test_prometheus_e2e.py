@@ -3,7 +3,6 @@ back through PromQL, and the shipped rules raise a firing city alert."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from streams.kafka.admin import ensure_topics
 from streams.settings import Settings
 from streams.tools.publish import device_messages
 from streams.topics import DEVICES, TELEMETRY_RAW
-from tests.conftest import free_port, spawn
+from tests.conftest import free_port, spawn, until
 from tests.kafkautil import produce_messages
 
 pytestmark = pytest.mark.kafka
@@ -33,19 +32,6 @@ def api(port: int, path: str, **params: str) -> Any:
     url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())["data"]
-
-
-async def until(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = await asyncio.to_thread(check)
-            if result:
-                return result
-        except OSError:
-            pass
-        await asyncio.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_prometheus_scrapes_a_worker_and_fires_a_city_alert(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from streams.settings import Settings
 from streams.tools.demo import CityMark, read_mark, resume, resume_start, write_mark
 from streams.topics import ALERTS, DEADLETTER
-from tests.conftest import ROOT, env_for
+from tests.conftest import cli
 from tests.kafkautil import consume_records
 
 MIN = 60_000
@@ -109,15 +108,7 @@ BAD = re.compile(r"bad data sent: ([a-z_ 0-9,]+?)(?:;|$)", re.MULTILINE)
 def run_up(settings: Settings) -> subprocess.CompletedProcess[str]:
     args = ["up", "--external-kafka", "--duration", "120", "--seed", "3", "--scale", "0.05"]
     args += [f"--scenario={s}" for s in SCENARIOS]
-    return subprocess.run(
-        [sys.executable, "-m", "streams", *args],
-        env=env_for(settings),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=400,
-        check=False,
-    )
+    return cli(settings, *args, timeout=400)
 
 
 def valid_counts(stdout: str) -> list[int]:
