@@ -89,6 +89,10 @@ INTERNAL: tuple[str, ...] = (
 )
 
 ALL_TOPICS: tuple[str, ...] = (*CONTRACT_TOPICS, TELEMETRY_ENRICHED, ALERT_ACKS, *INTERNAL)
+# What the alerts forwarder and operators' acknowledgements use, and a worker does not:
+# a worker creates every topic but these at its start (under ACLs a worker may not
+# even see them: it would take them for missing, and be refused creating them).
+OPERATOR_TOPICS: tuple[str, ...] = (ALERT_ACKS, STATE_FORWARDER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from streams.kafka.clients import describe, faust_credentials
 from streams.outputs import OUTPUT_BATCH_BYTES, OUTPUT_REQUEST_BYTES
 from streams.runtime.internals import read_committed
 from streams.settings import Settings
+from streams.topics import OPERATOR_TOPICS, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ def run_worker(
     asyncio.set_event_loop(loop)
     # Source topics must exist before the consumer joins the group: faust ignores a
     # missing topic at assignment and does not notice it later.
-    loop.run_until_complete(ensure_topics(settings))
+    specs = topic_specs(settings.topic_prefix, settings.partitions, settings.app_id)
+    mine = [s for s in specs if s.base not in OPERATOR_TOPICS]
+    loop.run_until_complete(ensure_topics(settings, mine))
     app = create_app(settings)
     prepare = build(app, settings)
     if prepare is not None:
