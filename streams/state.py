@@ -2,15 +2,16 @@
 
 A faust ``Table`` written per update sends one changelog message each time (~35-80 us).
 :class:`DurableMap` keeps decoded values in a plain dict, remembers which keys changed,
-and encodes each changed key once per checkpoint (see ``streams.runtime.wiring``: state is
-written and acknowledged before the input offsets it stands for are committed).
+and encodes each changed key once per checkpoint (see ``streams.runtime.delivery``: state
+is written and acknowledged before the input offsets it stands for are committed).
 
 The changelog is our own compacted topic, not a faust table's: faust's table recovery
 resumes the input partitions while its fetcher is still delivering, and messages fetched
 in that moment were dropped (measured: about half of the first 300 messages of each
 partition after a restart, see the windows issue). Without tables faust resumes input
-only after seeking it, and the pipeline loads this state itself (:func:`load_partitions`)
-before its agents touch a message of the new assignment.
+only after seeking it, and the worker loads this state itself
+(:func:`streams.runtime.changelogs.load_partitions`) before its agents touch a message of
+the new assignment.
 """
 
 from __future__ import annotations

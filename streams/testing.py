@@ -261,8 +261,7 @@ class PipelineDriver:
     def pump(self) -> None:
         """Process every record of the owned input partitions not yet processed, a batch
         per partition, until the pipeline's own internal topics are read to the end too."""
-        inputs = self.core.topics
-        names = (inputs.raw, inputs.by_device, inputs.by_district, inputs.liveness)
+        names = self.core.topics.inputs
         while True:
             moved = False
             for topic in names:
@@ -333,8 +332,7 @@ class PipelineDriver:
     def assign(self, partitions: Iterable[int]) -> None:
         """Own these partitions of every input (after a checkpoint, as faust does)."""
         self.owned = set(partitions)
-        inputs = self.core.topics
-        names = (inputs.raw, inputs.by_device, inputs.by_district, inputs.liveness)
+        names = self.core.topics.inputs
         assigned = {_TP(topic, p) for topic in names for p in self.owned}
         self._run(self._rebalance.on_assigned(None, assigned))
         for topic in names:

@@ -173,6 +173,11 @@ class TopicNames:
         )
 
     @property
+    def inputs(self) -> tuple[str, str, str, str]:
+        """What a worker reads, in reading order."""
+        return (self.raw, self.by_device, self.by_district, self.liveness)
+
+    @property
     def device_inputs(self) -> frozenset[str]:
         """The inputs keyed by device: their partition p owns the devices of p."""
         return frozenset((self.raw, self.by_device))

@@ -1,7 +1,7 @@
 """The ingest stage: raw messages in; dead letters, forwards and enriched readings out.
 
 No faust here: :class:`Ingest` is driven with plain arguments and fills an
-:class:`Outbox`, which the agents in :mod:`streams.runtime.wiring` drain to Kafka. Tests
+:class:`Outbox`, which the pipeline core (:mod:`streams.core`) turns into output records. Tests
 drive it directly, without a network.
 
 Per message: validate (:mod:`streams.stages.validate`); readings whose device belongs to
